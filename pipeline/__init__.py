@@ -1,0 +1,1 @@
+"""AI inference pipelines on Kafka: the framework (Kafka, Avro, Faust, offsets, CLI)."""

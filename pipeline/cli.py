@@ -1,0 +1,47 @@
+"""The `pipeline` command: composes the command groups and turns PipelineError into a clear exit."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.markup import escape
+
+from pipeline.commands import dev, records, schemas, topics
+from pipeline.commands.context import Settings, console
+from pipeline.errors import PipelineError
+
+app = typer.Typer(
+    help="AI inference pipelines on Kafka: Avro-typed topics, Faust stages, replayable from offsets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: str = typer.Option(None, "--config", "-c", envvar="PIPELINE_CONFIG",
+                               help="Topology file (default: ./topics.yaml)."),
+    bootstrap: str = typer.Option(None, "--bootstrap", envvar="KAFKA_BOOTSTRAP",
+                                  help="Kafka bootstrap servers, overriding topics.yaml."),
+) -> None:
+    ctx.obj = Settings(config=config, bootstrap=bootstrap)
+
+
+app.add_typer(dev.app, name="dev")
+app.add_typer(topics.app, name="topics")
+app.add_typer(schemas.app, name="schemas")
+app.command()(records.produce)
+app.command()(records.consume)
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,83 @@
+"""`pipeline dev`: the local Kafka broker for development and tests."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import typer
+
+from pipeline.commands.context import console, out
+from pipeline.devbroker import KAFKA_VERSION, DevBroker, admin_ready
+
+app = typer.Typer(help="Run a real single-node Kafka broker locally (KRaft, fetched from Maven Central).",
+                  no_args_is_help=True)
+
+PORT = typer.Option(9092, "--port", help="Broker port on 127.0.0.1; the controller uses PORT+1.")
+
+
+@app.command()
+def up(
+    port: int = PORT,
+    timeout: float = typer.Option(120, help="Seconds to wait for the broker to answer."),
+) -> None:
+    """Start the broker (downloading Kafka once) and return when it answers; a no-op if it runs."""
+    broker = DevBroker.default(port)
+    with console.status(f"starting Kafka {KAFKA_VERSION} on {broker.bootstrap} ..."):
+        state = broker.up(timeout)
+    if state["already_running"]:
+        console.print(f"Kafka already running at [bold]{state['bootstrap']}[/] (pid {state['pid']})")
+    else:
+        console.print(
+            f"Kafka {state['version']} ready at [bold]{state['bootstrap']}[/] "
+            f"(pid {state['pid']}, ready in {state['ready_seconds']} s, data in {broker.home})"
+        )
+
+
+@app.command()
+def down(port: int = PORT) -> None:
+    """Stop the broker that `up` started (only that process, by its recorded pid)."""
+    pid = DevBroker.default(port).down()
+    console.print("no dev broker was running" if pid is None else f"stopped Kafka (pid {pid})")
+
+
+@app.command()
+def status(port: int = PORT) -> None:
+    """Say whether the dev broker runs, where, and whether it answers."""
+    broker = DevBroker.default(port)
+    state = broker.state()
+    if state is None:
+        console.print(f"not running (state in {broker.home}); start it with `pipeline dev up`")
+        raise typer.Exit(1)
+    answers = admin_ready(state["bootstrap"], timeout=5)
+    since = datetime.fromtimestamp(state["started_at"]).isoformat(timespec="seconds")
+    console.print(
+        f"running: Kafka {state['version']} at [bold]{state['bootstrap']}[/], pid {state['pid']}, "
+        f"since {since}, {'answering' if answers else '[red]not answering[/]'}; data in {broker.home}"
+    )
+    if not answers:
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    port: int = PORT,
+    lines: int = typer.Option(40, "-n", "--lines", help="How many lines from the end."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines (Ctrl-C stops)."),
+) -> None:
+    """Print the end of the broker's log."""
+    broker = DevBroker.default(port)
+    out.print(broker.log_tail(lines), markup=False, highlight=False)
+    if not follow or not broker.log_file.exists():
+        return
+    with broker.log_file.open(errors="replace") as log:
+        log.seek(0, 2)
+        try:
+            while True:
+                line = log.readline()
+                if line:
+                    out.print(line.rstrip("\n"), markup=False, highlight=False)
+                else:
+                    time.sleep(0.3)
+        except KeyboardInterrupt:
+            pass

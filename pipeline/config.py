@@ -1,0 +1,188 @@
+"""The topology file (topics.yaml): pydantic models, loading, and precise validation errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+DEFAULT_CONFIG = "topics.yaml"
+
+
+def _as_kafka_value(value: Any) -> str:
+    """Kafka configs are strings; YAML gives ints and bools, which we spell as Kafka does."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ValueError(f"must be a string, number or boolean, not {type(value).__name__}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Strict):
+    bootstrap: str = "127.0.0.1:9092"
+    # Extra librdkafka settings for every client (security.protocol, sasl.mechanism, ...).
+    client: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return {k: _as_kafka_value(v) for k, v in (value or {}).items()}
+
+
+class SchemaRegistrySettings(_Strict):
+    url: str
+
+
+class TopicDefaults(_Strict):
+    partitions: int = Field(3, ge=1)
+    replication: int = Field(1, ge=1)
+    config: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return {k: _as_kafka_value(v) for k, v in (value or {}).items()}
+
+
+class TopicSpec(_Strict):
+    partitions: int | None = Field(None, ge=1)
+    replication: int | None = Field(None, ge=1)
+    config: dict[str, str] = Field(default_factory=dict)
+    # Full Avro record name of the value; None means raw bytes (dead-letter topics).
+    value_schema: str | None = None
+    # Field of the value used as the message key (so a document's records share a partition).
+    key_field: str | None = None
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return {k: _as_kafka_value(v) for k, v in (value or {}).items()}
+
+
+class BatchSettings(_Strict):
+    max_records: int = Field(500, ge=1)
+    max_wait_ms: int = Field(50, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class StageSpec(_Strict):
+    input: str
+    output: str | None = None
+    dead_letter: str
+    group: str
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    # Stage-specific settings (model name, labels, Qdrant location, ...), read by the stage itself.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResolvedTopic(BaseModel):
+    """A topic with the defaults applied: what the cluster should hold."""
+
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str]
+    value_schema: str | None
+    key_field: str | None
+
+
+class Topology(_Strict):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    schemas_dir: Path = Path("schemas")
+    framing: Literal["single-object", "confluent"] = "single-object"
+    schema_registry: SchemaRegistrySettings | None = None
+    topic_defaults: TopicDefaults = Field(default_factory=TopicDefaults)
+    topics: dict[str, TopicSpec]
+    stages: dict[str, StageSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Topology:
+        if self.framing == "confluent" and self.schema_registry is None:
+            raise ValueError("framing 'confluent' needs a schema_registry: {url: ...} section")
+        for name, stage in self.stages.items():
+            for role in ("input", "output", "dead_letter"):
+                topic = getattr(stage, role)
+                if topic is not None and topic not in self.topics:
+                    raise ValueError(
+                        f"stages.{name}.{role}: topic '{topic}' is not declared under 'topics'"
+                    )
+        return self
+
+    def topic(self, name: str) -> ResolvedTopic:
+        """The named topic with defaults applied; ConfigError if it is not declared."""
+        if name not in self.topics:
+            known = ", ".join(sorted(self.topics))
+            raise ConfigError(f"topic '{name}' is not declared in topics.yaml (declared: {known})")
+        spec = self.topics[name]
+        d = self.topic_defaults
+        return ResolvedTopic(
+            name=name,
+            partitions=spec.partitions or d.partitions,
+            replication=spec.replication or d.replication,
+            config={**d.config, **spec.config},
+            value_schema=spec.value_schema,
+            key_field=spec.key_field,
+        )
+
+    def resolved_topics(self) -> list[ResolvedTopic]:
+        return [self.topic(name) for name in self.topics]
+
+    def kafka_config(self) -> dict[str, str]:
+        """Settings shared by every confluent-kafka client of this topology."""
+        return {"bootstrap.servers": self.kafka.bootstrap, **self.kafka.client}
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_topology(path: str | Path | None = None, bootstrap: str | None = None) -> Topology:
+    """Read and validate topics.yaml; KAFKA_BOOTSTRAP (or `bootstrap`) overrides kafka.bootstrap."""
+    path = Path(path or os.environ.get("PIPELINE_CONFIG") or DEFAULT_CONFIG)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: topology file not found. Run from the project root, "
+            "or pass --config PATH (or set PIPELINE_CONFIG)."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'topics' (and 'stages') at the top")
+    try:
+        topology = Topology.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {len(exc.errors())} problem(s):"]
+        for err in exc.errors():
+            lines.append(f"  {_format_location(err['loc'])}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    if not topology.schemas_dir.is_absolute():
+        topology.schemas_dir = (path.parent / topology.schemas_dir).resolve()
+    override = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
+    if override:
+        topology.kafka.bootstrap = override
+    _check_schema_names(path, topology)
+    return topology
+
+
+def _check_schema_names(path: Path, topology: Topology) -> None:
+    from pipeline.avro import SchemaStore  # local: avro does not need config, config needs avro
+
+    store = SchemaStore.load(topology.schemas_dir)
+    for name, spec in topology.topics.items():
+        if spec.value_schema and spec.value_schema not in store.names():
+            known = ", ".join(sorted(store.names())) or "none"
+            raise ConfigError(
+                f"{path}: topics.{name}.value_schema: no schema named '{spec.value_schema}' "
+                f"in {topology.schemas_dir} (known: {known})"
+            )

@@ -1,0 +1,262 @@
+"""A real single-node Apache Kafka (KRaft) for development and tests, fetched from Maven Central."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pipeline.errors import KafkaUnavailable, PipelineError
+
+# The broker version the integration tests prove with confluent-kafka and faust-streaming/aiokafka.
+KAFKA_VERSION = "4.1.1"
+JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
+
+
+def cache_home() -> Path:
+    """Where downloaded jars and the dev broker's state live (outside the repo, kept between runs)."""
+    return Path(os.environ.get("PIPELINE_CACHE", Path.home() / ".cache" / "kafka-ai-pipeline"))
+
+
+def _resource(name: str) -> Path:
+    return Path(str(resources.files("pipeline") / "resources" / name))
+
+
+def _require(tool: str, what: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise PipelineError(
+            f"`{tool}` not found: {what}. Or skip the local broker and point at an existing "
+            "cluster with --bootstrap HOST:PORT (or KAFKA_BOOTSTRAP=HOST:PORT)."
+        )
+    return path
+
+
+def fetch_jars(version: str = KAFKA_VERSION) -> Path:
+    """The broker's runtime jars, downloaded once through Maven into the cache."""
+    libs = cache_home() / f"kafka-{version}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    mvn = _require("mvn", "Maven is needed once to fetch Kafka from Maven Central (apt-get install maven)")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    cmd = [
+        mvn, "-B", "-q", "-f", str(_resource("kafka-pom.xml")), "dependency:copy-dependencies",
+        "-DincludeScope=runtime", f"-DoutputDirectory={tmp}", f"-Dkafka.version={version}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not any(tmp.glob(f"kafka_2.13-{version}.jar")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+        raise PipelineError(
+            f"Maven could not fetch org.apache.kafka:kafka_2.13:{version}:\n" + "\n".join(tail)
+        )
+    (tmp / ".complete").write_text(version)
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    """Single-node KRaft settings sized for a small machine (replication 1, few internal partitions)."""
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": "1",
+        "auto.create.topics.enable": "false",  # topics come from topics.yaml, nowhere else
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.cleaner.dedupe.buffer.size": "2097152",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+    }
+    return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def admin_ready(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True when the broker answers a metadata request (the port alone opens too early)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _quiet})
+    try:
+        admin.list_topics(timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
+# librdkafka logs every refused connection while the broker starts; nobody needs to see those.
+_quiet = logging.getLogger("pipeline.devbroker.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+@dataclass
+class DevBroker:
+    """The local broker: its files under `home`, its process recorded by pid."""
+
+    home: Path
+    port: int = 9092
+    controller_port: int = 9093
+    version: str = KAFKA_VERSION
+
+    @classmethod
+    def default(cls, port: int = 9092) -> DevBroker:
+        home = Path(os.environ.get("PIPELINE_DEV_HOME", cache_home() / "dev"))
+        return cls(home=home, port=port, controller_port=port + 1)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "broker.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "broker.out"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def state(self) -> dict | None:
+        """What `up` recorded, if the process it started is still this broker."""
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        pid = state.get("pid")
+        if not isinstance(pid, int) or not _alive(pid) or not self._is_our_broker(pid):
+            return None
+        return state
+
+    def _is_our_broker(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"kafka.Kafka" in cmdline and str(self.config_file).encode() in cmdline
+
+    def up(self, timeout: float = 120.0) -> dict:
+        """Start the broker unless it runs; return its state once an admin request succeeds."""
+        running = self.state()
+        if running is not None:
+            if not admin_ready(running["bootstrap"], timeout=10):
+                raise KafkaUnavailable(
+                    f"the dev broker (pid {running['pid']}) runs but does not answer at "
+                    f"{running['bootstrap']}; see `pipeline dev logs`, or `pipeline dev down` and up again"
+                )
+            return {**running, "already_running": True}
+        java = _require("java", "a Java 17+ runtime runs the broker (apt-get install openjdk-17-jre-headless)")
+        if _port_in_use(self.port) or _port_in_use(self.controller_port):
+            raise PipelineError(
+                f"port {self.port} or {self.controller_port} on 127.0.0.1 is taken by another process: "
+                "stop it, or choose other ports with `pipeline dev up --port N` (uses N and N+1)."
+            )
+        libs = fetch_jars(self.version)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(server_properties(self.data_dir, self.port, self.controller_port))
+        classpath = f"{libs}/*"
+        if not (self.data_dir / "meta.properties").exists():
+            self._format(java, classpath)
+        started = time.monotonic()
+        cmd = [
+            java, *JVM_OPTS,
+            f"-Dlog4j2.configurationFile={_resource('log4j2.properties')}",
+            f"-Dkafka.logs.dir={self.log_file.parent}",
+            "-cp", classpath, "kafka.Kafka", str(self.config_file),
+        ]
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        state = {
+            "pid": proc.pid, "bootstrap": self.bootstrap, "port": self.port, "version": self.version,
+            "home": str(self.home), "started_at": time.time(),
+        }
+        self.state_file.write_text(json.dumps(state))
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if not _alive(proc.pid):
+                raise KafkaUnavailable(f"the broker exited during start-up:\n{self.log_tail(25)}")
+            if admin_ready(self.bootstrap, timeout=2):
+                state["ready_seconds"] = round(time.monotonic() - started, 2)
+                self.state_file.write_text(json.dumps(state))
+                return {**state, "already_running": False}
+            time.sleep(0.5)
+        raise KafkaUnavailable(
+            f"the broker did not answer at {self.bootstrap} within {timeout:.0f}s "
+            f"(it is still starting, pid {proc.pid}; `pipeline dev down` stops it):\n{self.log_tail(25)}"
+        )
+
+    def _format(self, java: str, classpath: str) -> None:
+        tool = [java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool"]
+        cluster_id = subprocess.run([*tool, "random-uuid"], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [*tool, "format", "-t", cluster_id.stdout.strip(), "-c", str(self.config_file), "-g"],
+            capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            raise PipelineError(f"formatting the broker's storage failed:\n{done.stdout}{done.stderr}")
+
+    def down(self, timeout: float = 30.0) -> int | None:
+        """Stop the broker this tool started (by its recorded pid); return that pid, or None if none ran."""
+        state = self.state()
+        self.state_file.unlink(missing_ok=True)
+        if state is None:
+            return None
+        pid = state["pid"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return f"(no log yet at {self.log_file})"

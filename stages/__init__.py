@@ -1,0 +1,1 @@
+"""The pipeline's stages: small modules of domain code on top of the framework."""

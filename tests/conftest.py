@@ -1,0 +1,75 @@
+"""Shared fixtures: a real Kafka broker (started with `pipeline dev up`) and per-test topologies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Topology, load_topology
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = [sys.executable, "-m", "pipeline"]
+TEST_PORT = int(os.environ.get("PIPELINE_TEST_PORT", "39092"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `pipeline` command line in a subprocess."""
+    return subprocess.run(
+        [*PIPELINE, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200", **(env or {})},
+        input=input, timeout=timeout, cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Bootstrap address of a real broker: KAFKA_BOOTSTRAP if set, else one `pipeline dev up` starts."""
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    home = tmp_path_factory.mktemp("dev-broker")
+    env = {"PIPELINE_DEV_HOME": str(home)}
+    started = run_cli("dev", "up", "--port", str(TEST_PORT), env=env)
+    assert started.returncode == 0, started.stderr
+    os.environ["PIPELINE_TEST_DEV_HOME"] = str(home)
+    try:
+        yield f"127.0.0.1:{TEST_PORT}"
+    finally:
+        run_cli("dev", "down", "--port", str(TEST_PORT), env=env)
+
+
+def write_topology(folder: Path, bootstrap: str, partitions: int = 2, **changes: object) -> tuple[Path, Topology]:
+    """A copy of the repo's topics.yaml whose topics have a unique prefix, so tests never share topics."""
+    raw = yaml.safe_load((ROOT / "topics.yaml").read_text())
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    rename = {name: prefix + name for name in raw["topics"]}
+    raw["topics"] = {rename[n]: spec for n, spec in raw["topics"].items()}
+    for spec in raw["topics"].values():
+        if spec.get("partitions", 0) > 1 or "partitions" not in spec:
+            spec["partitions"] = partitions
+    for stage in raw["stages"].values():
+        for role in ("input", "output", "dead_letter"):
+            if stage.get(role):
+                stage[role] = rename[stage[role]]
+        stage["group"] = prefix + stage["group"]
+    raw["kafka"]["bootstrap"] = bootstrap
+    raw["schemas_dir"] = str(ROOT / "schemas")
+    raw.update(changes)
+    path = folder / "topics.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path, load_topology(path)
+
+
+@pytest.fixture
+def topology(tmp_path: Path, kafka: str) -> tuple[Path, Topology]:
+    """A fresh, not yet applied topology on the test broker."""
+    return write_topology(tmp_path, kafka)
+

@@ -1,0 +1,82 @@
+"""topics.yaml validation: errors name the file, the path inside it and what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_topology
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    raw["schemas_dir"] = str(ROOT / "schemas")
+    path = tmp_path / "topics.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _repo_raw() -> dict:
+    return yaml.safe_load((ROOT / "topics.yaml").read_text())
+
+
+def test_repo_topology_loads_with_defaults_applied() -> None:
+    topology = load_topology(ROOT / "topics.yaml")
+    raw = topology.topic("docs.raw")
+    assert raw.partitions == 3 and raw.replication == 1
+    assert raw.config["retention.ms"] == "604800000"
+    assert topology.topic("docs.dlq.embed").config["retention.ms"] == "2592000000"
+    assert topology.stages["embed"].batch.max_tokens == 8192
+
+
+def test_env_overrides_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "broker.example:9094")
+    assert load_topology(ROOT / "topics.yaml").kafka.bootstrap == "broker.example:9094"
+    assert load_topology(ROOT / "topics.yaml", bootstrap="other:1").kafka.bootstrap == "other:1"
+
+
+def test_bad_value_names_path(tmp_path: Path) -> None:
+    raw = _repo_raw()
+    raw["topics"]["docs.raw"]["partitions"] = 0
+    raw["stages"]["embed"]["batch"]["max_recordz"] = 5
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as err:
+        load_topology(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "topics.docs.raw.partitions: Input should be greater than or equal to 1" in message
+    assert "stages.embed.batch.max_recordz: Extra inputs are not permitted" in message
+
+
+def test_stage_must_reference_declared_topics(tmp_path: Path) -> None:
+    raw = _repo_raw()
+    raw["stages"]["store"]["input"] = "docs.nope"
+    with pytest.raises(ConfigError, match="stages.store.input: topic 'docs.nope' is not declared"):
+        load_topology(_write(tmp_path, raw))
+
+
+def test_unknown_schema_name(tmp_path: Path) -> None:
+    raw = _repo_raw()
+    raw["topics"]["docs.raw"]["value_schema"] = "pipeline.docs.Nope"
+    with pytest.raises(ConfigError, match="topics.docs.raw.value_schema: no schema named 'pipeline.docs.Nope'"):
+        load_topology(_write(tmp_path, raw))
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="topology file not found"):
+        load_topology(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topics: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_topology(bad)
+
+
+def test_confluent_framing_needs_registry(tmp_path: Path) -> None:
+    raw = _repo_raw()
+    raw["framing"] = "confluent"
+    with pytest.raises(ConfigError, match="needs a schema_registry"):
+        load_topology(_write(tmp_path, raw))
