@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 
 import typer
 from rich.markup import escape
 
-from pipeline.commands import dev, records, schemas, topics
+from pipeline.commands import dev, records, run, schemas, topics
 from pipeline.commands.context import Settings, console
 from pipeline.errors import PipelineError
 
@@ -35,6 +36,20 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(schemas.app, name="schemas")
 app.command()(records.produce)
 app.command()(records.consume)
+app.command()(run.run)
+
+
+def _add_plugins() -> None:
+    """Commands that stage packages contribute through the `pipeline.commands` entry point group."""
+    for entry in entry_points(group="pipeline.commands"):
+        command = entry.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(name=entry.name)(command)
+
+
+_add_plugins()
 
 
 def main() -> None:

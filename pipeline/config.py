@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -75,11 +75,15 @@ class BatchSettings(_Strict):
 
 
 class StageSpec(_Strict):
+    # The stage's code, "module:Class"; the framework loads it by this name and never imports stages itself.
+    impl: str = Field(pattern=r"^[\w.]+:\w+$")
     input: str
     output: str | None = None
     dead_letter: str
     group: str
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    # Port of the stage's web server (metrics, health, stage endpoints); replica i adds 100 * i.
+    web_port: int = Field(6066, ge=1, le=65535)
     # Stage-specific settings (model name, labels, Qdrant location, ...), read by the stage itself.
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -103,6 +107,12 @@ class Topology(_Strict):
     topic_defaults: TopicDefaults = Field(default_factory=TopicDefaults)
     topics: dict[str, TopicSpec]
     stages: dict[str, StageSpec] = Field(default_factory=dict)
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path from the file, taken relative to the file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self._root / path).resolve()
 
     @model_validator(mode="after")
     def _check_references(self) -> Topology:
@@ -166,8 +176,8 @@ def load_topology(path: str | Path | None = None, bootstrap: str | None = None) 
         for err in exc.errors():
             lines.append(f"  {_format_location(err['loc'])}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
-    if not topology.schemas_dir.is_absolute():
-        topology.schemas_dir = (path.parent / topology.schemas_dir).resolve()
+    topology._root = path.parent.resolve()
+    topology.schemas_dir = topology.resolve_path(topology.schemas_dir)
     override = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
     if override:
         topology.kafka.bootstrap = override

@@ -1,0 +1,60 @@
+"""Prometheus metrics of a stage process, and its /metrics, /healthz and /ready pages."""
+
+from __future__ import annotations
+
+import threading
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+
+
+class StageMetrics:
+    """The series every stage exports; one registry per process."""
+
+    def __init__(self, stage: str) -> None:
+        self.registry = CollectorRegistry()
+        self.stage = stage
+
+        def series(kind, name: str, doc: str, **kw):
+            return kind(name, doc, ["stage"], registry=self.registry, **kw).labels(stage=stage)
+
+        self.events_in = series(Counter, "pipeline_events_in", "Records consumed")
+        self.events_out = series(Counter, "pipeline_events_out", "Records produced")
+        self.batch_size = series(Histogram, "pipeline_batch_size", "Records per batch", buckets=BATCH_BUCKETS)
+        self.batch_seconds = series(Histogram, "pipeline_batch_seconds", "Wall time per batch")
+        self.process_seconds = series(Histogram, "pipeline_process_seconds", "Stage (model) time per batch")
+        self.latency = series(Histogram, "pipeline_ingest_to_now_seconds",
+                              "Age of the newest record of a batch when it is done", buckets=LATENCY_BUCKETS)
+        self.retries = series(Counter, "pipeline_transient_retries", "Batches retried after a transient failure")
+        self.stuck = series(Gauge, "pipeline_stuck_on_transient_error", "1 while the stage retries a failing batch")
+        self._dead = Counter("pipeline_dead_lettered", "Records sent to the dead-letter topic",
+                             ["stage", "reason"], registry=self.registry)
+
+    def dead_lettered(self, reason: str) -> Counter:
+        return self._dead.labels(stage=self.stage, reason=reason)
+
+
+def add_pages(app: faust.App, ready: threading.Event, m: StageMetrics) -> None:
+    """GET /metrics (Prometheus), /healthz (the event loop answers), /ready (model loaded, partitions assigned)."""
+
+    class Metrics(faust.web.View):
+        async def get(self, request: faust.web.Request) -> faust.web.Response:
+            return self.bytes(generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    class Health(faust.web.View):
+        async def get(self, request: faust.web.Request) -> faust.web.Response:
+            return self.json({"ok": True})
+
+    class Ready(faust.web.View):
+        async def get(self, request: faust.web.Request) -> faust.web.Response:
+            assigned = len(app.consumer.assignment()) if app.consumer else 0
+            ok = ready.is_set() and assigned > 0
+            return self.json({"ready": ok, "model_loaded": ready.is_set(), "partitions": assigned},
+                             status=200 if ok else 503)
+
+    app.page("/metrics", name="metrics")(Metrics)
+    app.page("/healthz", name="healthz")(Health)
+    app.page("/ready", name="ready")(Ready)

@@ -1,0 +1,54 @@
+"""Committed offsets, log end offsets and lag of each stage's consumer group, read from the broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from pipeline.clients import consumer
+from pipeline.config import Topology
+from pipeline.errors import KafkaUnavailable
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None  # None: the group never committed here
+    start: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        position = self.committed if self.committed is not None and self.committed >= 0 else self.start
+        return max(0, self.end - position)
+
+
+def stage_lag(topology: Topology, stage: str, timeout: float = 10) -> list[PartitionLag]:
+    """Per input partition of `stage`: where its group committed, the log's range, and the lag."""
+    spec = topology.stages[stage]
+    probe = consumer(topology, group=spec.group)  # never subscribes, so it does not join the group
+    try:
+        meta = probe.list_topics(spec.input, timeout=timeout)
+        partitions = [TopicPartition(spec.input, p) for p in sorted(meta.topics[spec.input].partitions)]
+        committed = probe.committed(partitions, timeout=timeout)
+        rows = []
+        for tp in committed:
+            start, end = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
+            rows.append(PartitionLag(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else None, start, end))
+        return rows
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"reading offsets of group {spec.group}: {exc}") from None
+    finally:
+        probe.close()
+
+
+def topic_end_offsets(topology: Topology, topic: str, timeout: float = 10) -> dict[int, int]:
+    probe = consumer(topology, group="pipeline-offsets-probe")
+    try:
+        meta = probe.list_topics(topic, timeout=timeout)
+        return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in sorted(meta.topics[topic].partitions)}
+    finally:
+        probe.close()

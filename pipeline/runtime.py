@@ -1,0 +1,260 @@
+"""The stage runtime: a Faust app per stage that decodes, calls the stage, produces, and acks only after."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from confluent_kafka import KafkaError, Message
+
+from pipeline import metrics
+from pipeline.avro import AvroError
+from pipeline.clients import producer
+from pipeline.config import Topology
+from pipeline.deadletter import error_headers
+from pipeline.devbroker import cache_home
+from pipeline.serde import codec_for
+from pipeline.stage import Incoming, Reject, Result, Stage, TransientError, load_stage
+
+log = logging.getLogger("pipeline.runtime")
+MAX_BACKOFF = 30.0
+
+
+class Stopping(Exception):
+    """The worker is shutting down while a batch waits to be retried: leave it unacked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A consumed message as bytes, as the loop hands it to the batch thread."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    raw: Raw
+    reason: str
+    error_class: str
+    message: str
+
+
+class BatchHandler:
+    """Everything between consuming a batch and acking it; runs in the stage's single worker thread."""
+
+    def __init__(self, stage: Stage, topology: Topology) -> None:
+        spec = stage.spec
+        self.stage = stage
+        self.in_codec = codec_for(topology, spec.input)
+        self.out_codec = codec_for(topology, spec.output) if spec.output else None
+        self.out_key_field = topology.topic(spec.output).key_field if spec.output else None
+        self.producer = producer(topology)
+        self.stopping = threading.Event()
+        self.chunk: int | None = None  # set after an out-of-memory error: process at most this many at once
+        self._delivery_errors: list[str] = []
+        self.m = metrics.StageMetrics(stage.name)
+
+    def run_batch(self, raws: list[Raw]) -> None:
+        """Handle one batch until it succeeds; transient failures back off and retry, never skip."""
+        backoff = 0.5
+        while True:
+            try:
+                self._handle(raws)
+                self.m.stuck.set(0)
+                return
+            except TransientError as exc:
+                if self.stopping.is_set():
+                    raise Stopping() from exc
+                if exc.shrink:
+                    self.chunk = max(1, (self.chunk or len(raws)) // 2)
+                log.warning("stage %s: transient failure, retrying in %.1fs: %s", self.stage.name, backoff, exc)
+                self.m.stuck.set(1)
+                self.m.retries.inc()
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _handle(self, raws: list[Raw]) -> None:
+        started = time.perf_counter()
+        dead: list[Dead] = []
+        incoming: list[Incoming] = []
+        sources: list[Raw] = []
+        for raw in raws:
+            try:
+                value = self.in_codec.decode(raw.value)
+            except AvroError as exc:
+                dead.append(Dead(raw, exc.reason, type(exc).__name__, str(exc)))
+                continue
+            incoming.append(Incoming(value, raw.key, raw.topic, raw.partition, raw.offset, raw.timestamp_ms))
+            sources.append(raw)
+        model_started = time.perf_counter()
+        results = self._process(incoming)
+        self.m.process_seconds.observe(time.perf_counter() - model_started)
+        sends: list[tuple[bytes | None, bytes]] = []
+        for raw, result in zip(sources, results):
+            if isinstance(result, Reject):
+                dead.append(Dead(raw, result.reason, "Reject", result.message))
+                continue
+            try:
+                sends += [(self._key(record, raw), self.out_codec.encode(record, validate=False))
+                          for record in result] if self.out_codec else []
+            except AvroError as exc:  # a stage bug: the input is dead-lettered, not lost
+                dead.append(Dead(raw, "output-invalid", type(exc).__name__, str(exc)))
+        self._send(sends, dead)
+        self.m.events_in.inc(len(raws))
+        self.m.events_out.inc(len(sends))
+        self.m.batch_size.observe(len(raws))
+        self.m.batch_seconds.observe(time.perf_counter() - started)
+        for d in dead:
+            self.m.dead_lettered(d.reason).inc()
+        if raws:
+            self.m.latency.observe(max(0.0, time.time() - raws[-1].timestamp_ms / 1000))
+
+    def _key(self, record: dict[str, Any], raw: Raw) -> bytes | None:
+        if self.out_key_field and record.get(self.out_key_field) is not None:
+            return str(record[self.out_key_field]).encode()
+        return raw.key
+
+    def _process(self, items: list[Incoming]) -> list[Result]:
+        if not self.chunk or len(items) <= self.chunk:
+            return self._isolate(items)
+        results: list[Result] = []
+        for i in range(0, len(items), self.chunk):
+            results += self._isolate(items[i:i + self.chunk])
+        return results
+
+    def _isolate(self, items: list[Incoming]) -> list[Result]:
+        """Call the stage; when a batch fails permanently, bisect until the bad records stand alone."""
+        if not items:
+            return []
+        try:
+            results = self.stage.process(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"stage returned {len(results)} results for {len(items)} inputs")
+            return results
+        except TransientError:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                log.warning("stage %s: record at %s[%d]@%d failed: %r", self.stage.name,
+                            items[0].topic, items[0].partition, items[0].offset, exc)
+                return [Reject("stage-error", f"{type(exc).__name__}: {exc}")]
+            mid = len(items) // 2
+            return self._isolate(items[:mid]) + self._isolate(items[mid:])
+
+    def _send(self, sends: list[tuple[bytes | None, bytes]], dead: list[Dead]) -> None:
+        """Produce outputs and dead letters, then wait until the broker acknowledged every one of them."""
+        self._delivery_errors.clear()
+        spec = self.stage.spec
+        for key, value in sends:
+            self._produce(spec.output, key, value, None)
+        for d in dead:
+            headers = error_headers(self.stage.name, d.reason, d.error_class, d.message,
+                                    d.raw.topic, d.raw.partition, d.raw.offset)
+            self._produce(spec.dead_letter, d.raw.key, d.raw.value, headers)
+        left = self.producer.flush(30)
+        if left or self._delivery_errors:
+            errors = "; ".join(self._delivery_errors[:3])
+            raise TransientError(f"{left} record(s) unacknowledged, {len(self._delivery_errors)} failed: {errors}")
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+
+
+def _json_page(app: faust.App, path: str, handler: Callable[[dict], dict], run: Callable) -> None:
+    class JsonView(faust.web.View):
+        async def post(self, request: faust.web.Request) -> faust.web.Response:
+            try:
+                body = await request.json()
+            except ValueError:
+                return self.json({"error": "the body must be JSON"}, status=400)
+            try:
+                return self.json(await run(handler, body))
+            except ValueError as exc:
+                return self.json({"error": str(exc)}, status=400)
+
+    app.page(path, name=path.strip("/").replace("/", "-"))(JsonView)
+
+
+def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.App:
+    """The Faust app of one stage: its own consumer group, no topic declarations, no leader topic."""
+    stage = load_stage(topology, stage_name)
+    spec = stage.spec
+    datadir = cache_home() / "faust" / spec.group
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        spec.group,
+        broker=[f"kafka://{host}" for host in topology.kafka.bootstrap.split(",")],
+        store="memory://",
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        web_enabled=True,
+        web_port=spec.web_port + 100 * replica,
+        datadir=str(datadir),
+    )
+    topic = app.topic(spec.input, key_serializer="raw", value_serializer="raw", internal=False)
+    executor = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{stage_name}")
+    handler = BatchHandler(stage, topology)
+    ready = threading.Event()
+
+    async def in_thread(fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    @app.agent(topic, name=f"pipeline.{stage_name}")
+    async def run(stream: faust.StreamT) -> None:
+        if not ready.is_set():
+            await in_thread(stage.setup)
+            ready.set()
+        within = spec.batch.max_wait_ms / 1000
+        async for events in stream.noack_take(spec.batch.max_records, within=within):
+            raws = [Raw(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                        e.message.offset, int(e.message.timestamp * 1000)) for e in events]
+            job = asyncio.ensure_future(in_thread(handler.run_batch, raws))
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # Shutting down: finish the batch in hand and ack it, so the final commit includes it.
+                handler.stopping.set()
+                try:
+                    await job
+                except Stopping:
+                    raise asyncio.CancelledError() from None
+                for event in events:
+                    await stream.ack(event)
+                raise
+            for event in events:
+                await stream.ack(event)
+
+    for path, route in stage.routes().items():
+        _json_page(app, path, route, in_thread)
+    metrics.add_pages(app, ready, handler.m)
+    return app
+
+
+def run_worker(topology: Topology, stage_name: str, replica: int = 0, loglevel: str = "info") -> None:
+    """Run one stage in this process until SIGTERM/SIGINT."""
+    app = build_app(topology, stage_name, replica)
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

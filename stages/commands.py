@@ -1,0 +1,107 @@
+"""Domain commands plugged into the `pipeline` CLI: search, and training the classifier head."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pipeline.commands.context import console, settings
+from pipeline.config import Topology
+from pipeline.errors import PipelineError
+from pipeline.stage import StageUnreachable, call_route
+from stages.classifier import quality, train_head
+from stages.model import DEFAULT_MODEL, encode, load_model, model_id
+from stages.store import StoreStage, connect
+
+classifier_app = typer.Typer(help="Train and check the classify stage's trained head.", no_args_is_help=True)
+
+
+def embed_query(topology: Topology, texts: list[str]) -> np.ndarray:
+    """Vectors from the running embed stage, or from the model loaded here when it does not run."""
+    try:
+        return np.asarray(call_route(topology, "embed", "/embed", {"texts": texts})["vectors"], dtype=np.float32)
+    except StageUnreachable:
+        name = topology.stages["embed"].options.get("model", DEFAULT_MODEL)
+        return encode(load_model(name), texts)
+
+
+def search_store(topology: Topology, body: dict) -> list[dict]:
+    """Ask the running store stage (it holds Qdrant's local folder), else open Qdrant here."""
+    try:
+        return call_route(topology, "store", "/search", body)["hits"]
+    except StageUnreachable:
+        stage = StoreStage("store", topology.stages["store"], topology)
+        try:
+            stage.setup()
+        except PipelineError as exc:
+            raise PipelineError(f"the store stage does not answer on its web port, and {exc}") from None
+        try:
+            return stage.search(body)["hits"]
+        finally:
+            stage.close()
+
+
+def search(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="Text to search for."),
+    label: str = typer.Option(None, "--label", "-l", help="Only passages with this label."),
+    k: int = typer.Option(5, "-k", min=1, help="How many hits."),
+    collection: str = typer.Option(None, help="Collection or alias (default: the store stage's)."),
+) -> None:
+    """Embed the query with the pipeline's model and show the nearest stored passages."""
+    topology = settings(ctx).topology()
+    vector = embed_query(topology, [query])[0]
+    hits = search_store(topology, {"vector": vector.tolist(), "k": k, "label": label, "collection": collection})
+    table = Table("score", "label", "doc id", "passage", "snippet", title=f"search: {query}")
+    for hit in hits:
+        p = hit["payload"]
+        snippet = p["text"][:90] + ("…" if len(p["text"]) > 90 else "")
+        table.add_row(f"{hit['score']:.3f}", p["label"], escape(p["doc_id"]),
+                      f"{p['passage_index'] + 1}/{p['passage_count']}", escape(snippet))
+    console.print(table if hits else "no hits (is anything stored yet?)")
+
+
+@classifier_app.command()
+def train(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines with 'text' and 'label'."),
+    out: Path = typer.Option(Path("var/classifier-head.npz"), help="Where to save the head."),
+    folds: int = typer.Option(5, min=2, help="Cross-validation folds."),
+) -> None:
+    """Fit a softmax head on the embeddings of labelled texts; report cross-validated accuracy and macro-F1
+    next to scikit-learn's LogisticRegression on the same embeddings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    topology = settings(ctx).topology()
+    name = topology.stages["classify"].options.get("model", DEFAULT_MODEL)
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r.get("text"), str) or not isinstance(r.get("label"), str)]
+    if bad:
+        raise PipelineError(f"{source}: lines {bad[:10]} lack a string 'text' or 'label'")
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    with console.status(f"embedding {len(texts)} texts with {name} ..."):
+        vectors = encode(load_model(name), texts)
+    mid = model_id(name)
+    ours, theirs = [], []
+    y = np.array(labels)
+    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=0).split(vectors, y):
+        head = train_head(vectors[train_idx], list(y[train_idx]), mid)
+        ours.append(quality(list(y[test_idx]), [head.labels[i] for i in head.scores(vectors[test_idx]).argmax(1)]))
+        reference = LogisticRegression(max_iter=2000).fit(vectors[train_idx], y[train_idx])
+        theirs.append(quality(list(y[test_idx]), list(reference.predict(vectors[test_idx]))))
+    table = Table("classifier", "accuracy", "macro-F1", title=f"{folds}-fold cross-validation, {len(texts)} examples")
+    for title, scores in (("this head (softmax, L-BFGS)", ours), ("scikit-learn LogisticRegression", theirs)):
+        table.add_row(title, f"{np.mean([s['accuracy'] for s in scores]):.3f}",
+                      f"{np.mean([s['macro_f1'] for s in scores]):.3f}")
+    console.print(table)
+    head = train_head(vectors, labels, mid)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head.save(out)
+    console.print(f"saved {head.id} ({len(head.labels)} labels, {mid}) to {out}; use it with "
+                  f"stages.classify.options: {{mode: trained, head: {out}}}")

