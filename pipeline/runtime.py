@@ -135,23 +135,7 @@ class BatchHandler:
         return results
 
     def _isolate(self, items: list[Incoming]) -> list[Result]:
-        """Call the stage; when a batch fails permanently, bisect until the bad records stand alone."""
-        if not items:
-            return []
-        try:
-            results = self.stage.process(items)
-            if len(results) != len(items):
-                raise RuntimeError(f"stage returned {len(results)} results for {len(items)} inputs")
-            return results
-        except TransientError:
-            raise
-        except Exception as exc:
-            if len(items) == 1:
-                log.warning("stage %s: record at %s[%d]@%d failed: %r", self.stage.name,
-                            items[0].topic, items[0].partition, items[0].offset, exc)
-                return [Reject("stage-error", f"{type(exc).__name__}: {exc}")]
-            mid = len(items) // 2
-            return self._isolate(items[:mid]) + self._isolate(items[mid:])
+        return isolate(self.stage.process, items, self.stage.name)
 
     def _send(self, sends: list[tuple[bytes | None, bytes]], dead: list[Dead]) -> None:
         """Produce outputs and dead letters, then wait until the broker acknowledged every one of them."""
@@ -179,6 +163,27 @@ class BatchHandler:
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+
+
+def isolate(process: Callable[[list[Incoming]], list[Result]], items: list[Incoming], stage: str) -> list[Result]:
+    """Call `process`; when a batch fails permanently, bisect until the bad records stand alone and are
+    rejected, so one poison record never takes good ones with it. TransientError passes through."""
+    if not items:
+        return []
+    try:
+        results = process(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"stage returned {len(results)} results for {len(items)} inputs")
+        return results
+    except TransientError:
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            log.warning("stage %s: record at %s[%d]@%d failed: %r", stage,
+                        items[0].topic, items[0].partition, items[0].offset, exc)
+            return [Reject("stage-error", f"{type(exc).__name__}: {exc}")]
+        mid = len(items) // 2
+        return isolate(process, items[:mid], stage) + isolate(process, items[mid:], stage)
 
 
 def _json_page(app: faust.App, path: str, handler: Callable[[dict], dict], run: Callable) -> None:

@@ -72,7 +72,8 @@ def pack(sentences: list[str], lengths: list[int], budget: int, overlap: int) ->
         if current and used + n > budget:
             passages.append(" ".join(sentences[j] for j in current))
             carried = current[-overlap:] if overlap else []
-            while carried and sum(lengths[j] for j in carried) + n > budget // 2:
+            while carried and (sum(lengths[j] for j in carried) > budget // 2
+                               or sum(lengths[j] for j in carried) + n > budget):
                 carried = carried[1:]
             current, used = list(carried), sum(lengths[j] for j in carried)
         current.append(i)

@@ -56,7 +56,8 @@ class StoreStage(Stage):
         if not self.client.collection_exists(name):
             self.client.create_collection(
                 name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
-            self.client.create_payload_index(name, "label", models.PayloadSchemaType.KEYWORD)
+            if self.options.get("url"):  # local mode ignores payload indexes (and warns)
+                self.client.create_payload_index(name, "label", models.PayloadSchemaType.KEYWORD)
         self._ready.add(name)
 
     def process(self, batch: list[Incoming]) -> list[Result]:

@@ -60,6 +60,8 @@ def write_topology(folder: Path, bootstrap: str, partitions: int = 2, **changes:
             if stage.get(role):
                 stage[role] = rename[stage[role]]
         stage["group"] = prefix + stage["group"]
+        stage["web_port"] += 10000  # never collide with stages a developer runs on this machine
+    raw["stages"]["store"]["options"]["path"] = str(folder / "qdrant")
     raw["kafka"]["bootstrap"] = bootstrap
     raw["schemas_dir"] = str(ROOT / "schemas")
     raw.update(changes)

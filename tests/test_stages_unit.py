@@ -1,0 +1,206 @@
+"""Fast tests of each stage's domain code on its own (real tokenizer, model and Qdrant, no Kafka)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_topology
+from pipeline.errors import ConfigError
+from pipeline.runtime import isolate
+from pipeline.stage import Incoming, Reject, TransientError, load_stage
+from stages.classifier import Head, quality, train_head
+from stages.embed import token_batches
+from stages.model import from_bytes, load_tokenizer, to_bytes
+from stages.preprocess import normalise, pack
+from stages.store import point_id
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def topology():
+    return load_topology(ROOT / "topics.yaml")
+
+
+def _incoming(value: dict, offset: int = 0) -> Incoming:
+    return Incoming(value, b"k", "docs.raw", 1, offset, 1_700_000_000_000)
+
+
+# --- preprocess -------------------------------------------------------------------------------------------
+
+def test_normalise_nfc_html_controls_whitespace() -> None:
+    text = "<p>Cafe\u0301 <b>menu</b></p><script>alert('x')</script>\x00\x07 one.   Two!\n\n<div>Three</div>"
+    assert normalise(text) == ["Café menu", "one.", "Two!", "Three"]
+
+
+def test_normalise_leaves_non_html_angle_brackets() -> None:
+    assert normalise("a < b and c > d.") == ["a < b and c > d."]
+
+
+def test_pack_respects_budget_and_overlap() -> None:
+    sentences = [f"s{i}" for i in range(6)]
+    passages = pack(sentences, [40] * 6, budget=100, overlap=1)
+    assert passages == ["s0 s1", "s1 s2", "s2 s3", "s3 s4", "s4 s5"]
+    assert pack(sentences, [40] * 6, budget=100, overlap=0) == ["s0 s1", "s2 s3", "s4 s5"]
+
+
+def test_preprocess_splits_long_documents_within_the_model_limit(topology) -> None:
+    stage = load_stage(topology, "preprocess")
+    stage.setup()
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    long_text = " ".join(f"Sentence number {i} talks about sockets, threads and files." for i in range(120))
+    unbroken = "word" * 3000  # one "sentence" far over the limit
+    docs = [{"doc_id": "long", "text": long_text, "title": "T", "source": None, "metadata": {"a": "b"}},
+            {"doc_id": "unbroken", "text": unbroken, "title": None, "source": None, "metadata": {}},
+            {"doc_id": "empty", "text": "<p> \t </p>", "title": None, "source": None, "metadata": {}},
+            {"doc_id": "big", "text": "x" * 1_000_001, "title": None, "source": None, "metadata": {}}]
+    results = stage.process([_incoming(d, i) for i, d in enumerate(docs)])
+    long, unbroken_out, empty, big = results
+    assert len(long) > 3
+    for passages in (long, unbroken_out):
+        assert [p["passage_index"] for p in passages] == list(range(len(passages)))
+        assert {p["passage_count"] for p in passages} == {len(passages)}
+        for p in passages:
+            assert len(tokenizer.encode(p["text"]).ids) <= 256  # with [CLS] and [SEP]
+            assert p["content_hash"] == hashlib.sha256(p["text"].encode()).hexdigest()
+    assert long[0]["lineage"] == {"topic": "docs.raw", "partition": 1, "offset": 0, "ingest_time_ms": 1_700_000_000_000}
+    assert long[0]["metadata"] == {"a": "b"} and long[0]["title"] == "T"
+    assert "Sentence number 0 talks" in long[0]["text"] and "Sentence number 119" in long[-1]["text"]
+    assert isinstance(empty, Reject) and empty.reason == "empty-text"
+    assert isinstance(big, Reject) and big.reason == "too-large"
+
+
+# --- embed ------------------------------------------------------------------------------------------------
+
+def test_token_batches_cover_everything_within_budget() -> None:
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(5, 256, size=300)]
+    batches = token_batches(lengths, budget=2048, max_size=64)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2048
+        assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
+
+
+def test_embed_stage_real_model(topology) -> None:
+    stage = load_stage(topology, "embed")
+    stage.setup()
+    texts = ["Open a TCP socket to a server.", "Compute the square root of a number.",
+             "Open a TCP socket to a server."]
+    base = {"passage_index": 0, "passage_count": 1, "content_hash": "h", "title": None, "source": None,
+            "metadata": {}, "lineage": {"topic": "t", "partition": 0, "offset": 0, "ingest_time_ms": 0}}
+    out = stage.process([_incoming({**base, "doc_id": str(i), "text": t}) for i, t in enumerate(texts)])
+    vectors = [from_bytes(o[0]["vector"]) for o in out]
+    assert all(o[0]["model_id"] == "all-MiniLM-L6-v2" and o[0]["dim"] == 384 for o in out)
+    assert all(abs(float(np.linalg.norm(v)) - 1) < 1e-3 for v in vectors)
+    assert np.allclose(vectors[0], vectors[2], atol=1e-5)
+    assert float(vectors[0] @ vectors[1]) < 0.5
+    assert len(stage.embed_texts({"texts": ["x"]})["vectors"][0]) == 384
+
+
+# --- classify ---------------------------------------------------------------------------------------------
+
+def test_quality_matches_definition() -> None:
+    from sklearn.metrics import f1_score
+
+    truth = ["a", "a", "b", "b", "c", "c", "c"]
+    predicted = ["a", "b", "b", "b", "c", "a", "c"]
+    q = quality(truth, predicted)
+    assert q["accuracy"] == pytest.approx(5 / 7)
+    assert q["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+
+
+def test_head_trains_saves_and_loads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 16))
+    x = np.concatenate([c + 0.3 * rng.normal(size=(40, 16)) for c in centres]).astype(np.float32)
+    y = [label for label in ("x", "y", "z") for _ in range(40)]
+    head = train_head(x, y, "model-a")
+    assert quality(y, [head.labels[i] for i in head.scores(x).argmax(1)])["accuracy"] > 0.95
+    head.save(tmp_path / "head.npz")
+    loaded = Head.load(tmp_path / "head.npz")
+    assert loaded.labels == ["x", "y", "z"] and loaded.model_id == "model-a"
+    assert np.allclose(loaded.scores(x), head.scores(x))
+
+
+def test_classify_refuses_a_head_of_another_model(topology, tmp_path: Path) -> None:
+    Head(["a", "b"], np.zeros((384, 2), np.float32), np.zeros(2, np.float32), "other-model").save(tmp_path / "h.npz")
+    stage = load_stage(topology, "classify")
+    stage.options = {"mode": "trained", "head": str(tmp_path / "h.npz")}
+    with pytest.raises(ConfigError, match="trained on other-model embeddings"):
+        stage.setup()
+
+
+def test_zero_shot_labels_and_model_mismatch(topology) -> None:
+    stage = load_stage(topology, "classify")
+    stage.setup()
+    from stages.model import encode, load_model
+
+    vector = encode(load_model("all-MiniLM-L6-v2"), ["create a TCP connection to an HTTP server"])[0]
+    value = {"doc_id": "d", "model_id": "all-MiniLM-L6-v2", "vector": to_bytes(vector)}
+    result, mismatch = stage.process([_incoming(value), _incoming({**value, "model_id": "another"})])
+    assert result[0]["label"] == "networking"
+    assert set(result[0]["scores"]) == set(topology.stages["classify"].options["labels"])
+    assert result[0]["classifier_id"].startswith("zero-shot:")
+    assert isinstance(mismatch, Reject) and mismatch.reason == "model-mismatch"
+
+
+# --- store ------------------------------------------------------------------------------------------------
+
+def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> None:
+    assert point_id("d", 0) == point_id("d", 0) != point_id("d", 1)
+    stage = load_stage(topology, "store")
+    stage.options = {"path": str(tmp_path / "qdrant"), "collection": "t"}
+    stage.setup()
+    rng = np.random.default_rng(2)
+    records = []
+    for i in range(6):
+        v = rng.normal(size=8).astype(np.float32)
+        v /= np.linalg.norm(v)
+        records.append({"doc_id": f"d{i // 2}", "passage_index": i % 2, "passage_count": 2, "text": f"t{i}",
+                        "content_hash": "h", "title": None, "source": None, "metadata": {"label": "a"},
+                        "lineage": {"topic": "raw", "partition": 0, "offset": i // 2, "ingest_time_ms": 1},
+                        "model_id": "m", "dim": 8, "vector": to_bytes(v), "label": "a" if i < 4 else "b",
+                        "score": 0.9, "scores": {"a": 0.9, "b": 0.1}, "classifier_id": "c"})
+    batch = [_incoming(r, i) for i, r in enumerate(records)]
+    stage.process(batch)
+    stage.process(batch)  # a replay writes the same points again
+    assert stage.stats({})["points"] == 6
+    hits = stage.search({"vector": from_bytes(records[5]["vector"]).tolist(), "k": 2})["hits"]
+    assert hits[0]["payload"]["doc_id"] == "d2" and hits[0]["payload"]["passage_index"] == 1
+    only_a = stage.search({"vector": from_bytes(records[5]["vector"]).tolist(), "k": 10, "label": "a"})["hits"]
+    assert {h["payload"]["label"] for h in only_a} == {"a"} and len(only_a) == 4
+    assert stage.quality({"truth": "label"}) == {"n": 6, "accuracy": pytest.approx(4 / 6),
+                                                  "macro_f1": pytest.approx(0.8)}
+    stage.close()
+
+
+# --- runtime ----------------------------------------------------------------------------------------------
+
+def test_isolate_bisects_to_the_poison_records() -> None:
+    calls = []
+
+    def process(items):
+        calls.append(len(items))
+        if any(i.value["text"] == "poison" for i in items):
+            raise ValueError("cannot handle poison")
+        return [[{"ok": i.value["text"]}] for i in items]
+
+    texts = ["a", "b", "poison", "c", "d", "e", "poison", "f"]
+    results = isolate(process, [_incoming({"text": t}, n) for n, t in enumerate(texts)], "test")
+    assert [r.reason if isinstance(r, Reject) else r[0]["ok"] for r in results] == \
+        ["a", "b", "stage-error", "c", "d", "e", "stage-error", "f"]
+    assert len(calls) < 2 * len(texts)
+
+
+def test_isolate_lets_transient_errors_through() -> None:
+    def process(items):
+        raise TransientError("qdrant down")
+
+    with pytest.raises(TransientError):
+        isolate(process, [_incoming({"text": "x"})], "test")
