@@ -42,8 +42,10 @@ def model_id(name: str) -> str:
 def load_model(name: str, device: str = "auto") -> Any:
     """A SentenceTransformer on CUDA (fp16) when there is one and device is auto, else on CPU."""
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
 
+    transformers.utils.logging.disable_progress_bar()  # a worker's log is no place for a progress bar
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SentenceTransformer(str(model_path(name)), device=device, local_files_only=True)
