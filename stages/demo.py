@@ -97,6 +97,7 @@ def demo(
                 time.sleep(0.5)
         elapsed = time.perf_counter() - started
         _report(topology, report.sent, elapsed, _dead_letters(topology) - dead_before, sample)
+        _stage_table(topology)
     finally:
         if keep_running:
             console.print("stages keep running; stop them with Ctrl-C")
@@ -104,6 +105,24 @@ def demo(
         else:
             supervisor.stop()
     console.print("stages stopped; the broker keeps running (`pipeline dev down` stops it)")
+
+
+def _stage_table(topology: Topology) -> None:
+    """Per stage, from its /metrics: records in and out, busy time, and records/s while busy."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    table = Table("stage", "records in", "records out", "busy s", "records/s busy", "model s",
+                  title="per stage (this run)")
+    for name in topology.stages:
+        values = {}
+        for family in text_string_to_metric_families(call_route(topology, name, "/metrics")):
+            for sample in family.samples:
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        busy = values.get("pipeline_batch_seconds_sum", 0.0)
+        records = values.get("pipeline_events_in_total", 0.0)
+        table.add_row(name, f"{records:.0f}", f"{values.get('pipeline_events_out_total', 0):.0f}", f"{busy:.1f}",
+                      f"{records / busy:,.0f}" if busy else "-", f"{values.get('pipeline_process_seconds_sum', 0):.1f}")
+    console.print(table)
 
 
 def _report(topology: Topology, docs: int, elapsed: float, dead: int, sample: Path) -> None:

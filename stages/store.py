@@ -58,6 +58,8 @@ class StoreStage(Stage):
                 name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
             if self.options.get("url"):  # local mode ignores payload indexes (and warns)
                 self.client.create_payload_index(name, "label", models.PayloadSchemaType.KEYWORD)
+                self.client.create_payload_index(name, "doc_id", models.PayloadSchemaType.KEYWORD)
+                self.client.create_payload_index(name, "passage_index", models.PayloadSchemaType.INTEGER)
         self._ready.add(name)
 
     def process(self, batch: list[Incoming]) -> list[Result]:
@@ -74,11 +76,29 @@ class StoreStage(Stage):
         try:
             self._ensure_collection(self.collection, batch[0].value["dim"])
             self.client.upsert(self.collection, points=points, wait=True)
+            self._delete_stale(batch)
         except Exception as exc:
             if _transient(exc):
                 raise TransientError(f"Qdrant unavailable: {exc}") from exc
             raise
         return [[] for _ in batch]
+
+    def _delete_stale(self, batch: list[Incoming]) -> None:
+        """A document re-split into fewer passages (new model limit, new preprocessing) must not keep its old
+        higher-numbered passages. Ids are deterministic, so probe passage_count, +1, ... by id when a
+        document's last passage is written (one lookup per batch in the usual case: nothing stale)."""
+        from qdrant_client import models
+
+        probe = {item.value["doc_id"]: item.value["passage_count"] for item in batch
+                 if item.value["passage_index"] == item.value["passage_count"] - 1}
+        while probe:
+            ids = {point_id(doc_id, index): (doc_id, index) for doc_id, index in probe.items()}
+            found = self.client.retrieve(self.collection, list(ids), with_payload=False, with_vectors=False)
+            if not found:
+                return
+            self.client.delete(self.collection, points_selector=models.PointIdsList(points=[p.id for p in found]),
+                               wait=True)
+            probe = {ids[str(p.id)][0]: ids[str(p.id)][1] + 1 for p in found}
 
     def routes(self) -> dict[str, Route]:
         return {"/search": self.search, "/stats": self.stats, "/quality": self.quality}

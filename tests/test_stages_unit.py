@@ -177,6 +177,11 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
     assert {h["payload"]["label"] for h in only_a} == {"a"} and len(only_a) == 4
     assert stage.quality({"truth": "label"}) == {"n": 6, "accuracy": pytest.approx(4 / 6),
                                                   "macro_f1": pytest.approx(0.8)}
+    # The same document re-split into one passage: its old second passage goes.
+    shorter = {**records[0], "passage_count": 1}
+    stage.process([_incoming(shorter)])
+    assert stage.stats({})["points"] == 5
+    assert stage.client.retrieve("t", [point_id("d0", 1)]) == []
     stage.close()
 
 
