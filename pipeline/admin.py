@@ -16,6 +16,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from pipeline import clients
 from pipeline.config import ResolvedTopic, Topology
 from pipeline.errors import KafkaUnavailable
 
@@ -44,7 +45,7 @@ class ClusterTopic:
 
 
 def admin_client(topology: Topology) -> AdminClient:
-    return AdminClient(topology.kafka_config())
+    return clients.admin(topology)
 
 
 def _resolve(futures: dict, what: str) -> dict:

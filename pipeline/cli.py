@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import typer
 from rich.markup import escape
 
-from pipeline.commands import dev, records, run, schemas, topics
+from pipeline.commands import dev, records, replay, run, schemas, topics
 from pipeline.commands.context import Settings, console
 from pipeline.errors import PipelineError
 
@@ -37,6 +37,9 @@ app.add_typer(schemas.app, name="schemas")
 app.command()(records.produce)
 app.command()(records.consume)
 app.command()(run.run)
+app.command()(replay.offsets)
+app.command()(replay.replay)
+app.command()(replay.backfill)
 
 
 def _add_plugins() -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Topology
+
+# librdkafka's own log lines (connection retries, queue purges at close) go through Python logging, where
+# only warnings and errors are shown.
+KAFKA_LOG = logging.getLogger("pipeline.librdkafka")
 
 # acks=all + idempotence: a send is acknowledged only once it is durable, and retries never duplicate.
 # murmur2_random: the same key -> partition mapping as the Java client and aiokafka (Faust).
@@ -16,14 +23,22 @@ PRODUCER_DEFAULTS = {
 }
 
 
+def _base(topology: Topology) -> dict:
+    return {**topology.kafka_config(), "logger": KAFKA_LOG}
+
+
+def admin(topology: Topology) -> AdminClient:
+    return AdminClient(_base(topology))
+
+
 def producer(topology: Topology, **overrides: object) -> Producer:
-    return Producer({**topology.kafka_config(), **PRODUCER_DEFAULTS, **overrides})
+    return Producer({**_base(topology), **PRODUCER_DEFAULTS, **overrides})
 
 
 def consumer(topology: Topology, group: str, **overrides: object) -> Consumer:
     """A consumer that never commits unless asked (tools read, stages commit)."""
     conf = {
-        **topology.kafka_config(),
+        **_base(topology),
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from pipeline.clients import consumer
+from pipeline.clients import admin, consumer
 from pipeline.config import Topology
 from pipeline.errors import KafkaUnavailable
 
@@ -52,3 +52,22 @@ def topic_end_offsets(topology: Topology, topic: str, timeout: float = 10) -> di
                 for p in sorted(meta.topics[topic].partitions)}
     finally:
         probe.close()
+
+
+@dataclass(frozen=True)
+class GroupState:
+    state: str  # EMPTY, STABLE, PREPARING_REBALANCE, DEAD (never used or gone), ...
+    members: int
+
+    @property
+    def active(self) -> bool:
+        return self.members > 0
+
+
+def group_state(topology: Topology, group: str, timeout: float = 10) -> GroupState:
+    client = admin(topology)  # keep a reference: a collected client never resolves its futures
+    try:
+        desc = client.describe_consumer_groups([group], request_timeout=timeout)[group].result()
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"describing group {group}: {exc}") from None
+    return GroupState(desc.state.name, len(desc.members))

@@ -19,6 +19,8 @@ from stages.model import DEFAULT_MODEL, encode, load_model, model_id
 from stages.store import StoreStage, connect
 
 classifier_app = typer.Typer(help="Train and check the classify stage's trained head.", no_args_is_help=True)
+collections_app = typer.Typer(help="The store's Qdrant collections (one per model) and the alias search uses.",
+                              no_args_is_help=True)
 
 
 def embed_query(topology: Topology, texts: list[str]) -> np.ndarray:
@@ -30,10 +32,10 @@ def embed_query(topology: Topology, texts: list[str]) -> np.ndarray:
         return encode(load_model(name), texts)
 
 
-def search_store(topology: Topology, body: dict) -> list[dict]:
-    """Ask the running store stage (it holds Qdrant's local folder), else open Qdrant here."""
+def store_call(topology: Topology, path: str, body: dict) -> dict:
+    """Ask the running store stage (it holds Qdrant's local folder), else open Qdrant here and answer."""
     try:
-        return call_route(topology, "store", "/search", body)["hits"]
+        return call_route(topology, "store", path, body)
     except StageUnreachable:
         stage = StoreStage("store", topology.stages["store"], topology)
         try:
@@ -41,9 +43,15 @@ def search_store(topology: Topology, body: dict) -> list[dict]:
         except PipelineError as exc:
             raise PipelineError(f"the store stage does not answer on its web port, and {exc}") from None
         try:
-            return stage.search(body)["hits"]
+            return stage.routes()[path](body)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
         finally:
             stage.close()
+
+
+def search_store(topology: Topology, body: dict) -> list[dict]:
+    return store_call(topology, "/search", body)["hits"]
 
 
 def search(
@@ -105,3 +113,20 @@ def train(
     head.save(out)
     console.print(f"saved {head.id} ({len(head.labels)} labels, {mid}) to {out}; use it with "
                   f"stages.classify.options: {{mode: trained, head: {out}}}")
+
+
+@collections_app.command("list")
+def list_collections(ctx: typer.Context) -> None:
+    """Collections behind the store's alias, their sizes, and which one search uses."""
+    found = store_call(settings(ctx).topology(), "/collections", {})
+    table = Table("collection", "points", "alias", title=f"alias {found['alias']} -> {found['target']}")
+    for c in found["collections"]:
+        table.add_row(c["name"], str(c["points"]), found["alias"] if c["active"] else "", style="bold" if c["active"] else "")
+    console.print(table)
+
+
+@collections_app.command()
+def promote(ctx: typer.Context, collection: str = typer.Argument(..., help="Collection to serve search from.")) -> None:
+    """Switch the alias to COLLECTION atomically (search never sees a gap); the previous one stays intact."""
+    done = store_call(settings(ctx).topology(), "/promote", {"collection": collection})
+    console.print(f"alias {done['alias']}: {done['previous']} -> [bold]{done['target']}[/]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Any
 
@@ -15,6 +16,11 @@ from stages.model import from_bytes
 POINT_NAMESPACE = uuid.UUID("6f1c0b5e-8a47-4f3e-9a55-1f1f0c2d7e11")
 PAYLOAD_FIELDS = ("doc_id", "passage_index", "passage_count", "text", "content_hash", "title", "source",
                   "metadata", "lineage", "model_id", "label", "score", "scores", "classifier_id")
+
+
+def collection_for(alias: str, model_id: str) -> str:
+    """Each model's vectors live in their own collection; the alias (what search uses) points at one of them."""
+    return f"{alias}--{re.sub(r'[^A-Za-z0-9_.-]+', '_', model_id)}"
 
 
 def point_id(doc_id: str, passage_index: int) -> str:
@@ -41,18 +47,20 @@ def _transient(exc: Exception) -> bool:
 
 class StoreStage(Stage):
     def setup(self) -> None:
-        self.collection = self.options.get("collection", "docs")
+        self.alias = self.options.get("collection", "docs")
         try:
             self.client = connect(self.options, self.topology.resolve_path)
         except RuntimeError as exc:  # local mode: another process holds the folder
             raise ConfigError(f"cannot open Qdrant storage: {exc}") from None
         self._ready: set[str] = set()
 
-    def _ensure_collection(self, name: str, dim: int) -> None:
+    def _ensure_collection(self, model: str, dim: int) -> str:
+        """The model's collection, created on first use; the alias is created too if there is none yet."""
         from qdrant_client import models
 
+        name = collection_for(self.alias, model)
         if name in self._ready:
-            return
+            return name
         if not self.client.collection_exists(name):
             self.client.create_collection(
                 name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
@@ -60,30 +68,44 @@ class StoreStage(Stage):
                 self.client.create_payload_index(name, "label", models.PayloadSchemaType.KEYWORD)
                 self.client.create_payload_index(name, "doc_id", models.PayloadSchemaType.KEYWORD)
                 self.client.create_payload_index(name, "passage_index", models.PayloadSchemaType.INTEGER)
+        if self.alias_target() is None:
+            self.client.update_collection_aliases([models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=name, alias_name=self.alias))])
         self._ready.add(name)
+        return name
+
+    def alias_target(self) -> str | None:
+        for alias in self.client.get_aliases().aliases:
+            if alias.alias_name == self.alias:
+                return alias.collection_name
+        return None
 
     def process(self, batch: list[Incoming]) -> list[Result]:
         from qdrant_client import models
 
-        points = [
-            models.PointStruct(
-                id=point_id(item.value["doc_id"], item.value["passage_index"]),
-                vector=from_bytes(item.value["vector"]).tolist(),
-                payload={k: item.value[k] for k in PAYLOAD_FIELDS},
-            )
-            for item in batch
-        ]
+        by_model: dict[str, list[Incoming]] = {}
+        for item in batch:  # during a re-embed one batch may carry vectors of two models
+            by_model.setdefault(item.value["model_id"], []).append(item)
         try:
-            self._ensure_collection(self.collection, batch[0].value["dim"])
-            self.client.upsert(self.collection, points=points, wait=True)
-            self._delete_stale(batch)
+            for model, items in by_model.items():
+                collection = self._ensure_collection(model, items[0].value["dim"])
+                points = [
+                    models.PointStruct(
+                        id=point_id(item.value["doc_id"], item.value["passage_index"]),
+                        vector=from_bytes(item.value["vector"]).tolist(),
+                        payload={k: item.value[k] for k in PAYLOAD_FIELDS},
+                    )
+                    for item in items
+                ]
+                self.client.upsert(collection, points=points, wait=True)
+                self._delete_stale(collection, items)
         except Exception as exc:
             if _transient(exc):
                 raise TransientError(f"Qdrant unavailable: {exc}") from exc
             raise
         return [[] for _ in batch]
 
-    def _delete_stale(self, batch: list[Incoming]) -> None:
+    def _delete_stale(self, collection: str, batch: list[Incoming]) -> None:
         """A document re-split into fewer passages (new model limit, new preprocessing) must not keep its old
         higher-numbered passages. Ids are deterministic, so probe passage_count, +1, ... by id when a
         document's last passage is written (one lookup per batch in the usual case: nothing stale)."""
@@ -93,18 +115,24 @@ class StoreStage(Stage):
                  if item.value["passage_index"] == item.value["passage_count"] - 1}
         while probe:
             ids = {point_id(doc_id, index): (doc_id, index) for doc_id, index in probe.items()}
-            found = self.client.retrieve(self.collection, list(ids), with_payload=False, with_vectors=False)
+            found = self.client.retrieve(collection, list(ids), with_payload=False, with_vectors=False)
             if not found:
                 return
-            self.client.delete(self.collection, points_selector=models.PointIdsList(points=[p.id for p in found]),
+            self.client.delete(collection, points_selector=models.PointIdsList(points=[p.id for p in found]),
                                wait=True)
             probe = {ids[str(p.id)][0]: ids[str(p.id)][1] + 1 for p in found}
 
     def routes(self) -> dict[str, Route]:
-        return {"/search": self.search, "/stats": self.stats, "/quality": self.quality}
+        return {"/search": self.search, "/stats": self.stats, "/quality": self.quality,
+                "/collections": self.collections, "/promote": self.promote}
+
+    def _collection(self, body: dict[str, Any]) -> str | None:
+        """The collection a request names, or the alias; None when neither exists yet."""
+        name = body.get("collection") or self.alias
+        return name if self.client.collection_exists(name) else None
 
     def search(self, body: dict[str, Any]) -> dict[str, Any]:
-        """{"vector": [...], "k": 5, "label": null} -> the nearest points with their payloads."""
+        """{"vector": [...], "k": 5, "label": null, "collection": null} -> the nearest points with payloads."""
         from qdrant_client import models
 
         if not isinstance(body.get("vector"), list):
@@ -113,25 +141,24 @@ class StoreStage(Stage):
         if body.get("label"):
             query_filter = models.Filter(must=[
                 models.FieldCondition(key="label", match=models.MatchValue(value=body["label"]))])
-        collection = body.get("collection") or self.collection
-        if not self.client.collection_exists(collection):
+        collection = self._collection(body)
+        if collection is None:
             return {"hits": []}
         found = self.client.query_points(collection, query=body["vector"], query_filter=query_filter,
                                          limit=int(body.get("k", 5)), with_payload=True)
         return {"hits": [{"id": str(p.id), "score": p.score, "payload": p.payload} for p in found.points]}
 
     def stats(self, body: dict[str, Any]) -> dict[str, Any]:
-        collection = body.get("collection") or self.collection
-        exists = self.client.collection_exists(collection)
-        count = self.client.count(collection, exact=True).count if exists else 0
-        return {"collection": collection, "points": count}
+        collection = self._collection(body)
+        count = self.client.count(collection, exact=True).count if collection else 0
+        return {"collection": body.get("collection") or self.alias, "points": count}
 
     def quality(self, body: dict[str, Any]) -> dict[str, Any]:
         """Stored labels against a ground-truth metadata field ({"truth": "label"}), over every point."""
         field = body.get("truth", "label")
-        collection = body.get("collection") or self.collection
+        collection = self._collection(body)
         truth, predicted, offset = [], [], None
-        while self.client.collection_exists(collection):
+        while collection:
             points, offset = self.client.scroll(collection, limit=1000, offset=offset, with_payload=True)
             for p in points:
                 if field in (p.payload.get("metadata") or {}):
@@ -140,6 +167,30 @@ class StoreStage(Stage):
             if offset is None:
                 break
         return classifier_quality(truth, predicted)
+
+    def collections(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Every collection behind the alias, its size, and which one the alias points at."""
+        target = self.alias_target()
+        names = sorted(c.name for c in self.client.get_collections().collections
+                       if c.name.startswith(f"{self.alias}--"))
+        return {"alias": self.alias, "target": target, "collections": [
+            {"name": n, "points": self.client.count(n, exact=True).count, "active": n == target} for n in names]}
+
+    def promote(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Point the alias at another collection in one atomic alias update; the old collection stays."""
+        from qdrant_client import models
+
+        name = body.get("collection")
+        known = [c["name"] for c in self.collections({})["collections"]]
+        if name not in known:
+            raise ValueError(f"no collection '{name}' behind alias {self.alias} (collections: {', '.join(known)})")
+        operations = [models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=name, alias_name=self.alias))]
+        previous = self.alias_target()
+        if previous is not None:
+            operations.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)))
+        self.client.update_collection_aliases(operations)
+        return {"alias": self.alias, "previous": previous, "target": name}
 
     def close(self) -> None:
         self.client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -75,3 +76,29 @@ def topology(tmp_path: Path, kafka: str) -> tuple[Path, Topology]:
     """A fresh, not yet applied topology on the test broker."""
     return write_topology(tmp_path, kafka)
 
+
+
+def start_stage(path: Path, stage: str, logs: Path, *extra: str, name: str | None = None) -> subprocess.Popen:
+    """`pipeline run STAGE` as its own process, logging to LOGS/NAME.log."""
+    log = open(logs / f"{name or stage}.log", "ab")
+    return subprocess.Popen([*PIPELINE, "-c", str(path), "run", stage, "--loglevel", "warn", *extra],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+
+
+def lag(topology: Topology, stages: list[str] | None = None) -> int:
+    from pipeline.offsets import stage_lag
+
+    return sum(row.lag for name in (stages or topology.stages) for row in stage_lag(topology, name))
+
+
+def wait_for(condition, timeout: float, what: str, procs: dict, logs: Path) -> None:
+    """Poll `condition` until true; fail early with the logs when a stage process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            assert proc.poll() is None, f"{name} died:\n{(logs / f'{name}.log').read_text()[-3000:]}"
+        if condition():
+            return
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {n}\n{(logs / f'{n}.log').read_text()[-1500:]}" for n in procs)
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")

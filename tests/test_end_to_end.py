@@ -4,26 +4,16 @@ Stages are killed (SIGKILL) mid-stream and restarted: nothing may be lost or dup
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from pipeline.config import Topology
 from pipeline.offsets import stage_lag
 from pipeline.stage import Incoming, load_stage
 from stages.store import point_id
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, lag as _lag, run_cli, start_stage as _start, wait_for as _wait_for
 
 SAMPLE = ROOT / "stages" / "data" / "sample.jsonl"
-
-
-def _start(path: Path, stage: str, logs: Path) -> subprocess.Popen:
-    log = open(logs / f"{stage}.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "-c", str(path), "run", stage, "--loglevel", "warn"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
 
 
 def _expected_points(topology: Topology, docs: list[dict]) -> set[str]:
@@ -31,22 +21,6 @@ def _expected_points(topology: Topology, docs: list[dict]) -> set[str]:
     stage.setup()
     results = stage.process([Incoming(d, None, "t", 0, i, 0) for i, d in enumerate(docs)])
     return {point_id(p["doc_id"], p["passage_index"]) for r in results for p in r}
-
-
-def _lag(topology: Topology) -> int:
-    return sum(row.lag for name in topology.stages for row in stage_lag(topology, name))
-
-
-def _wait_for(condition, timeout: float, what: str, procs: dict, logs: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, proc in procs.items():
-            assert proc.poll() is None, f"{name} died:\n{(logs / f'{name}.log').read_text()[-3000:]}"
-        if condition():
-            return
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {n}\n{(logs / f'{n}.log').read_text()[-1500:]}" for n in procs)
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
 def test_pipeline_end_to_end_with_crashes(topology, tmp_path: Path) -> None:

@@ -156,6 +156,7 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
     assert point_id("d", 0) == point_id("d", 0) != point_id("d", 1)
     stage = load_stage(topology, "store")
     stage.options = {"path": str(tmp_path / "qdrant"), "collection": "t"}
+    physical = "t--m"
     stage.setup()
     rng = np.random.default_rng(2)
     records = []
@@ -181,7 +182,20 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
     shorter = {**records[0], "passage_count": 1}
     stage.process([_incoming(shorter)])
     assert stage.stats({})["points"] == 5
-    assert stage.client.retrieve("t", [point_id("d0", 1)]) == []
+    assert stage.client.retrieve(physical, [point_id("d0", 1)]) == []
+
+    # Blue/green: a new model's vectors go to their own collection; the alias moves only on promote.
+    stage.process([_incoming({**r, "model_id": "m2", "label": "b"}, i) for i, r in enumerate(records[:3])])
+    listing = stage.collections({})
+    assert listing["target"] == physical
+    assert [(c["name"], c["points"]) for c in listing["collections"]] == [("t--m", 5), ("t--m2", 3)]
+    query = from_bytes(records[0]["vector"]).tolist()
+    assert stage.search({"vector": query, "k": 1})["hits"][0]["payload"]["model_id"] == "m"
+    assert stage.promote({"collection": "t--m2"}) == {"alias": "t", "previous": "t--m", "target": "t--m2"}
+    assert stage.search({"vector": query, "k": 1})["hits"][0]["payload"]["model_id"] == "m2"
+    assert stage.stats({})["points"] == 3 and stage.stats({"collection": "t--m"})["points"] == 5
+    with pytest.raises(ValueError, match="no collection 'nope'"):
+        stage.promote({"collection": "nope"})
     stage.close()
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import typer
+import yaml
 from rich.console import Console
 
 from pipeline.config import Topology, load_topology
+from pipeline.errors import ConfigError
 
 console = Console(stderr=True)  # messages and tables; stdout is kept for data (consume)
 out = Console()
@@ -23,6 +25,24 @@ class Settings:
         if self._topology is None:
             self._topology = load_topology(self.config, self.bootstrap)
         return self._topology
+
+
+def override_stage(topology: Topology, stage: str, options: list[str] | None, group: str | None,
+                   web_port: int | None) -> None:
+    """Apply --option KEY=VALUE (YAML values), --group and --web-port to one stage of a loaded topology, e.g.
+    to run a second lane of a stage with another model under its own consumer group."""
+    if stage not in topology.stages:
+        raise ConfigError(f"no stage '{stage}' in topics.yaml (stages: {', '.join(topology.stages)})")
+    spec = topology.stages[stage]
+    for item in options or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option takes KEY=VALUE, not '{item}'")
+        spec.options[key] = yaml.safe_load(value)
+    if group:
+        spec.group = group
+    if web_port:
+        spec.web_port = web_port
 
 
 def settings(ctx: typer.Context) -> Settings:
