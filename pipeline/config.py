@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -23,6 +23,13 @@ def _as_kafka_value(value: Any) -> str:
     raise ValueError(f"must be a string, number or boolean, not {type(value).__name__}")
 
 
+def _as_kafka_config(value: Any) -> Any:
+    return {k: _as_kafka_value(v) for k, v in (value or {}).items()} if isinstance(value, dict) else value
+
+
+KafkaConfig = Annotated[dict[str, str], BeforeValidator(_as_kafka_config)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,12 +37,7 @@ class _Strict(BaseModel):
 class KafkaSettings(_Strict):
     bootstrap: str = "127.0.0.1:9092"
     # Extra librdkafka settings for every client (security.protocol, sasl.mechanism, ...).
-    client: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("client", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:
-        return {k: _as_kafka_value(v) for k, v in (value or {}).items()}
+    client: KafkaConfig = Field(default_factory=dict)
 
 
 class SchemaRegistrySettings(_Strict):
@@ -45,27 +47,17 @@ class SchemaRegistrySettings(_Strict):
 class TopicDefaults(_Strict):
     partitions: int = Field(3, ge=1)
     replication: int = Field(1, ge=1)
-    config: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("config", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:
-        return {k: _as_kafka_value(v) for k, v in (value or {}).items()}
+    config: KafkaConfig = Field(default_factory=dict)
 
 
 class TopicSpec(_Strict):
     partitions: int | None = Field(None, ge=1)
     replication: int | None = Field(None, ge=1)
-    config: dict[str, str] = Field(default_factory=dict)
+    config: KafkaConfig = Field(default_factory=dict)
     # Full Avro record name of the value; None means raw bytes (dead-letter topics).
     value_schema: str | None = None
     # Field of the value used as the message key (so a document's records share a partition).
     key_field: str | None = None
-
-    @field_validator("config", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:
-        return {k: _as_kafka_value(v) for k, v in (value or {}).items()}
 
 
 class BatchSettings(_Strict):
