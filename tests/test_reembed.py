@@ -91,6 +91,10 @@ def test_replay_classify_and_blue_green_reembed(topology, tmp_path: Path) -> Non
             return committed == ends and lag(topo) == 0
 
         wait_for(lane_done, 300, "the new lane to catch up", procs, logs)
+        lane_offsets = run_cli("-c", str(path), "offsets", "embed", "--group", "lane-minilm-copy", "--json")
+        assert lane_offsets.returncode == 0, lane_offsets.stderr
+        rows = json.loads(lane_offsets.stdout)
+        assert {r["group"] for r in rows} == {"lane-minilm-copy"} and all(r["lag"] == 0 for r in rows)
 
         # 3. Promote: search now answers from the new collection.
         promoted = run_cli("-c", str(path), "collections", "promote", "docs--minilm-copy")

@@ -28,9 +28,14 @@ def offsets(
     ctx: typer.Context,
     stage: str = typer.Argument(None, help="One stage (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    group: str = typer.Option(None, help="Another group on the stage's input (a second lane, a backfill)."),
 ) -> None:
     """Per stage and input partition: committed offset, log end, lag; and the group's state and members."""
     topology = settings(ctx).topology()
+    if group:
+        if stage is None:
+            raise PipelineError("--group needs a STAGE (whose input topic that group reads)")
+        override_stage(topology, stage, None, group, None)
     rows = []
     for name in _stages(topology, stage):
         spec = topology.stages[name]
