@@ -127,15 +127,11 @@ class BatchHandler:
         return raw.key
 
     def _process(self, items: list[Incoming]) -> list[Result]:
-        if not self.chunk or len(items) <= self.chunk:
-            return self._isolate(items)
+        size = self.chunk or max(len(items), 1)
         results: list[Result] = []
-        for i in range(0, len(items), self.chunk):
-            results += self._isolate(items[i:i + self.chunk])
+        for i in range(0, len(items), size):
+            results += isolate(self.stage.process, items[i:i + size], self.stage.name)
         return results
-
-    def _isolate(self, items: list[Incoming]) -> list[Result]:
-        return isolate(self.stage.process, items, self.stage.name)
 
     def _send(self, sends: list[tuple[bytes | None, bytes]], dead: list[Dead]) -> None:
         """Produce outputs and dead letters, then wait until the broker acknowledged every one of them."""

@@ -64,8 +64,7 @@ def demo(
     if not s.bootstrap:
         with console.status("starting the local Kafka broker ..."):
             state = DevBroker.default().up()
-        s.bootstrap = state["bootstrap"]
-        s._topology = None
+        s.use_bootstrap(state["bootstrap"])
     topology = s.topology()
     client = admin.admin_client(topology)
     admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)

@@ -52,10 +52,15 @@ def _first_offsets_at_or_after(topo, topic: str, ms: int) -> dict[int, int]:
     return first
 
 
-def test_replay_targets_dry_run_and_refusal(topology, tmp_path: Path) -> None:
+def _applied(topology) -> tuple[Path, object, str]:
+    """The test topology applied to the broker, and its ingest topic."""
     path, topo = topology
     assert run_cli("-c", str(path), "topics", "apply").returncode == 0
-    raw = topo.stages["preprocess"].input
+    return path, topo, topo.stages["preprocess"].input
+
+
+def test_replay_targets_dry_run_and_refusal(topology, tmp_path: Path) -> None:
+    path, topo, raw = _applied(topology)
     _produce(path, raw, tmp_path, range(0, 30))
     time.sleep(1.5)
     middle = int(time.time() * 1000)
@@ -98,9 +103,7 @@ def test_replay_targets_dry_run_and_refusal(topology, tmp_path: Path) -> None:
 
 
 def test_backfill_processes_exactly_the_range(topology, tmp_path: Path) -> None:
-    path, topo = topology
-    assert run_cli("-c", str(path), "topics", "apply").returncode == 0
-    raw = topo.stages["preprocess"].input
+    path, topo, raw = _applied(topology)
     _produce(path, raw, tmp_path, range(0, 10))
     time.sleep(1.5)
     since = time.time()

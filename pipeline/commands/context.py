@@ -21,6 +21,11 @@ class Settings:
     bootstrap: str | None = None
     _topology: Topology | None = field(default=None, repr=False)
 
+    def use_bootstrap(self, bootstrap: str) -> None:
+        """Point at another broker (e.g. one just started); the topology is loaded again with it."""
+        self.bootstrap = bootstrap
+        self._topology = None
+
     def topology(self) -> Topology:
         if self._topology is None:
             self._topology = load_topology(self.config, self.bootstrap)
