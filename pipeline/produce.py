@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from pipeline.avro import AvroError
 from pipeline.clients import producer
@@ -142,7 +142,13 @@ def produce_file(
                 if strict:
                     break
                 continue
-            _send(kafka, topic, key, value, delivered)
+            try:
+                _send(kafka, topic, key, value, delivered)
+            except KafkaException as exc:  # e.g. larger than the broker's message size limit
+                report.rejected.append((number, f"not accepted by the producer: {exc.args[0].str()}"))
+                if strict:
+                    break
+                continue
             if on_progress and done % 200 == 0:
                 on_progress(done, total)
     remaining = kafka.flush(60)

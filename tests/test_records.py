@@ -80,6 +80,7 @@ def test_bad_lines_are_reported_and_the_rest_is_sent(topology, tmp_path: Path) -
         json.dumps({"doc_id": "x", "text": "t", "colour": "red"}),
         json.dumps({"text": "no id"}),
         json.dumps({"doc_id": "good-3", "text": "three"}),
+        json.dumps({"doc_id": "huge", "text": "x" * 10_000_000}),  # 10 MB: over Kafka's 1 MB message limit
     ]
     source = tmp_path / "mixed.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -90,6 +91,7 @@ def test_bad_lines_are_reported_and_the_rest_is_sent(topology, tmp_path: Path) -
     assert "line 3: not a valid pipeline.docs.RawDocument: pipeline.docs.RawDocument.doc_id: got 12" in err
     assert "line 5: unknown field(s) colour" in err
     assert "line 6:" in err
+    assert "line 8: not accepted by the producer" in err and "too large" in err.lower()
     consumed = _consume_all(path, _raw_topic(topo))
     assert sorted(d["doc_id"] for d in consumed) == ["good-1", "good-2", "good-3"]
 
