@@ -1,0 +1,29 @@
+"""A store stage whose Qdrant client fails like an unreachable server while a flag file exists (test fault)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qdrant_client.http.exceptions import ResponseHandlingException
+
+from stages.store import StoreStage
+
+
+class _Outage:
+    def __init__(self, real: Any, flag: Path) -> None:
+        self.real, self.flag = real, flag
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.real, name)
+        if callable(attr) and self.flag.exists():
+            def unreachable(*args: Any, **kwargs: Any) -> Any:
+                raise ResponseHandlingException(ConnectionRefusedError(f"injected outage ({name})"))
+            return unreachable
+        return attr
+
+
+class FlakyStoreStage(StoreStage):
+    def setup(self) -> None:
+        super().setup()
+        self.client = _Outage(self.client, Path(self.options["outage_flag"]))
