@@ -34,10 +34,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class KafkaSecurity(_Strict):
+    """TLS and SASL. Secrets never live in the file: it names the environment variables that hold them."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username_env: str = "KAFKA_USERNAME"
+    password_env: str = "KAFKA_PASSWORD"
+    ca_file: str | None = None  # CA bundle for SSL / SASL_SSL (default: the system's)
+
+
 class KafkaSettings(_Strict):
     bootstrap: str = "127.0.0.1:9092"
-    # Extra librdkafka settings for every client (security.protocol, sasl.mechanism, ...).
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    # Extra librdkafka settings for every confluent-kafka client (not for secrets: see security).
     client: KafkaConfig = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_secrets_in_file(self) -> KafkaSettings:
+        leaked = [k for k in self.client if any(w in k for w in ("password", "secret", "sasl.jaas"))]
+        if leaked:
+            raise ValueError(f"kafka.client must not hold secrets ({', '.join(leaked)}): put them in environment "
+                             "variables named by kafka.security.username_env / password_env")
+        return self
 
 
 class SchemaRegistrySettings(_Strict):
@@ -139,8 +158,11 @@ class Topology(_Strict):
         return [self.topic(name) for name in self.topics]
 
     def kafka_config(self) -> dict[str, str]:
-        """Settings shared by every confluent-kafka client of this topology."""
-        return {"bootstrap.servers": self.kafka.bootstrap, **self.kafka.client}
+        """Settings shared by every confluent-kafka client of this topology (secrets read from the env now)."""
+        from pipeline.security import librdkafka_security
+
+        return {"bootstrap.servers": self.kafka.bootstrap, **librdkafka_security(self.kafka.security),
+                **self.kafka.client}
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:
@@ -173,6 +195,15 @@ def load_topology(path: str | Path | None = None, bootstrap: str | None = None) 
     override = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
     if override:
         topology.kafka.bootstrap = override
+    security = topology.kafka.security
+    for field, env in (("protocol", "KAFKA_SECURITY_PROTOCOL"), ("sasl_mechanism", "KAFKA_SASL_MECHANISM"),
+                       ("ca_file", "KAFKA_SSL_CA_FILE")):
+        if os.environ.get(env):
+            setattr(security, field, os.environ[env])
+    try:
+        KafkaSecurity.model_validate(security.model_dump())
+    except ValidationError as exc:
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_MECHANISM: {exc.errors()[0]['msg']}") from None
     _check_schema_names(path, topology)
     return topology
 

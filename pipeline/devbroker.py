@@ -66,8 +66,10 @@ def fetch_jars(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
-    """Single-node KRaft settings sized for a small machine (replication 1, few internal partitions)."""
+def server_properties(data_dir: Path, port: int, controller_port: int,
+                      sasl_port: int | None = None, sasl_user: tuple[str, str] | None = None) -> str:
+    """Single-node KRaft settings sized for a small machine (replication 1, few internal partitions); with
+    `sasl_port`, also a SASL_PLAINTEXT listener (PLAIN, one user) for testing authenticated clients."""
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -92,6 +94,16 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "num.network.threads": "2",
         "num.io.threads": "4",
     }
+    if sasl_port is not None and sasl_user is not None:
+        user, password = sasl_user
+        settings["listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
+        settings["advertised.listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
+        settings["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        settings["sasl.enabled.mechanisms"] = "PLAIN"
+        settings["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{user}" password="{password}" user_{user}="{password}";'
+        )
     return "".join(f"{k}={v}\n" for k, v in settings.items())
 
 
@@ -134,11 +146,12 @@ class DevBroker:
     port: int = 9092
     controller_port: int = 9093
     version: str = KAFKA_VERSION
+    sasl: bool = False  # also listen with SASL_PLAINTEXT on port + 2, user from KAFKA_USERNAME / KAFKA_PASSWORD
 
     @classmethod
-    def default(cls, port: int = 9092) -> DevBroker:
+    def default(cls, port: int = 9092, sasl: bool = False) -> DevBroker:
         home = Path(os.environ.get("PIPELINE_DEV_HOME", cache_home() / "dev"))
-        return cls(home=home, port=port, controller_port=port + 1)
+        return cls(home=home, port=port, controller_port=port + 1, sasl=sasl)
 
     @property
     def bootstrap(self) -> str:
@@ -189,14 +202,22 @@ class DevBroker:
                 )
             return {**running, "already_running": True}
         java = _require("java", "a Java 17+ runtime runs the broker (apt-get install openjdk-17-jre-headless)")
-        if _port_in_use(self.port) or _port_in_use(self.controller_port):
+        ports = [self.port, self.controller_port] + ([self.port + 2] if self.sasl else [])
+        if any(_port_in_use(p) for p in ports):
             raise PipelineError(
-                f"port {self.port} or {self.controller_port} on 127.0.0.1 is taken by another process: "
-                "stop it, or choose other ports with `pipeline dev up --port N` (uses N and N+1)."
+                f"one of the ports {ports} on 127.0.0.1 is taken by another process: "
+                "stop it, or choose other ports with `pipeline dev up --port N` (uses N, N+1 and with --sasl N+2)."
             )
+        sasl_user = None
+        if self.sasl:
+            sasl_user = (os.environ.get("KAFKA_USERNAME"), os.environ.get("KAFKA_PASSWORD"))
+            if not all(sasl_user):
+                raise PipelineError("--sasl needs the user for the SASL listener in KAFKA_USERNAME and KAFKA_PASSWORD")
         libs = fetch_jars(self.version)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(server_properties(self.data_dir, self.port, self.controller_port))
+        self.config_file.write_text(server_properties(
+            self.data_dir, self.port, self.controller_port, self.port + 2 if self.sasl else None, sasl_user))
+        self.config_file.chmod(0o600)  # it holds the dev SASL password
         classpath = f"{libs}/*"
         if not (self.data_dir / "meta.properties").exists():
             self._format(java, classpath)
@@ -214,6 +235,7 @@ class DevBroker:
         state = {
             "pid": proc.pid, "bootstrap": self.bootstrap, "port": self.port, "version": self.version,
             "home": str(self.home), "started_at": time.time(),
+            "sasl_bootstrap": f"127.0.0.1:{self.port + 2}" if self.sasl else None,
         }
         self.state_file.write_text(json.dumps(state))
         deadline = started + timeout

@@ -20,6 +20,7 @@ from pipeline.clients import producer
 from pipeline.config import Topology
 from pipeline.deadletter import error_headers
 from pipeline.devbroker import cache_home
+from pipeline.security import faust_credentials
 from pipeline.serde import codec_for
 from pipeline.stage import Incoming, Reject, Result, Stage, TransientError, load_stage
 
@@ -206,6 +207,7 @@ def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.Ap
     app = faust.App(
         spec.group,
         broker=[f"kafka://{host}" for host in topology.kafka.bootstrap.split(",")],
+        broker_credentials=faust_credentials(topology.kafka.security),
         store="memory://",
         topic_disable_leader=True,
         topic_allow_declare=False,

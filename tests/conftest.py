@@ -17,6 +17,8 @@ from pipeline.config import Topology, load_topology
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = [sys.executable, "-m", "pipeline"]
 TEST_PORT = int(os.environ.get("PIPELINE_TEST_PORT", "39092"))
+# The test broker also listens with SASL_PLAINTEXT on TEST_PORT + 2 for this user (tests/test_security.py).
+SASL_USER = {"KAFKA_USERNAME": "pipeline-test", "KAFKA_PASSWORD": f"pw-{uuid.uuid4().hex}"}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,8 +39,8 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
     home = tmp_path_factory.mktemp("dev-broker")
-    env = {"PIPELINE_DEV_HOME": str(home)}
-    started = run_cli("dev", "up", "--port", str(TEST_PORT), env=env)
+    env = {"PIPELINE_DEV_HOME": str(home), **SASL_USER}
+    started = run_cli("dev", "up", "--port", str(TEST_PORT), "--sasl", env=env)
     assert started.returncode == 0, started.stderr
     os.environ["PIPELINE_TEST_DEV_HOME"] = str(home)
     try:

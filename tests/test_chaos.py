@@ -16,7 +16,7 @@ from pipeline.dlq import dead_letters
 from pipeline.offsets import stage_lag
 from pipeline.stage import Incoming, load_stage
 from stages.store import point_id
-from tests.conftest import TEST_PORT, lag, run_cli, start_stage
+from tests.conftest import SASL_USER, TEST_PORT, lag, run_cli, start_stage
 
 DOCS = 2000
 TOPICS = ["sockets and servers", "regular expressions", "JSON files", "threads and locks", "square roots", "paths"]
@@ -33,10 +33,10 @@ def _restart_broker() -> bool:
     home = os.environ.get("PIPELINE_TEST_DEV_HOME")
     if home is None:
         return False
-    env = {"PIPELINE_DEV_HOME": home}
+    env = {"PIPELINE_DEV_HOME": home, **SASL_USER}
     assert run_cli("dev", "down", "--port", str(TEST_PORT), env=env).returncode == 0
     time.sleep(2)
-    started = run_cli("dev", "up", "--port", str(TEST_PORT), env=env)
+    started = run_cli("dev", "up", "--port", str(TEST_PORT), "--sasl", env=env)
     assert started.returncode == 0, started.stderr
     return True
 

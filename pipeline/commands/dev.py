@@ -20,9 +20,11 @@ PORT = typer.Option(9092, "--port", help="Broker port on 127.0.0.1; the controll
 def up(
     port: int = PORT,
     timeout: float = typer.Option(120, help="Seconds to wait for the broker to answer."),
+    sasl: bool = typer.Option(False, "--sasl", help="Also listen with SASL_PLAINTEXT (PLAIN) on PORT+2 for the "
+                                                     "user in KAFKA_USERNAME / KAFKA_PASSWORD."),
 ) -> None:
     """Start the broker (downloading Kafka once) and return when it answers; a no-op if it runs."""
-    broker = DevBroker.default(port)
+    broker = DevBroker.default(port, sasl)
     with console.status(f"starting Kafka {KAFKA_VERSION} on {broker.bootstrap} ..."):
         state = broker.up(timeout)
     if state["already_running"]:
@@ -31,6 +33,7 @@ def up(
         console.print(
             f"Kafka {state['version']} ready at [bold]{state['bootstrap']}[/] "
             f"(pid {state['pid']}, ready in {state['ready_seconds']} s, data in {broker.home})"
+            + (f"; SASL_PLAINTEXT at {state['sasl_bootstrap']}" if state.get("sasl_bootstrap") else "")
         )
 
 
