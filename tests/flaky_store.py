@@ -27,3 +27,12 @@ class FlakyStoreStage(StoreStage):
     def setup(self) -> None:
         super().setup()
         self.client = _Outage(self.client, Path(self.options["outage_flag"]))
+
+
+class PoisonStoreStage(StoreStage):
+    """Raises (a stage bug, not a Reject) on any batch holding a document whose id starts with 'poison'."""
+
+    def process(self, batch):  # type: ignore[override]
+        if any(item.value["doc_id"].startswith("poison") for item in batch):
+            raise ValueError("cannot store a poison document")
+        return super().process(batch)
