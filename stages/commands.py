@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.stage import StageUnreachable, call_route
 from stages.classifier import quality, train_head
 from stages.model import DEFAULT_MODEL, encode, load_model, model_id
-from stages.store import StoreStage, connect
+from stages.store import StoreStage
 
 classifier_app = typer.Typer(help="Train and check the classify stage's trained head.", no_args_is_help=True)
 collections_app = typer.Typer(help="The store's Qdrant collections (one per model) and the alias search uses.",

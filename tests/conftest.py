@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -104,3 +105,28 @@ def wait_for(condition, timeout: float, what: str, procs: dict, logs: Path) -> N
         time.sleep(0.5)
     tails = "\n".join(f"--- {n}\n{(logs / f'{n}.log').read_text()[-1500:]}" for n in procs)
     raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def stop_all(procs: dict) -> None:
+    """SIGTERM every stage process still running, then wait for each (they finish their batch first)."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs.values():
+        proc.wait(60)
+
+
+def stored_points(qdrant_path: str, collection: str = "docs") -> dict[str, dict]:
+    """Every point of a local Qdrant collection (or alias), id -> payload; the store stage must be stopped."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=qdrant_path)
+    found, offset = {}, None
+    try:
+        while True:
+            points, offset = client.scroll(collection, limit=500, offset=offset, with_payload=True)
+            found.update({str(p.id): p.payload for p in points})
+            if offset is None:
+                return found
+    finally:
+        client.close()

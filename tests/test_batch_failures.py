@@ -4,11 +4,9 @@ error halves the batch instead of skipping anything."""
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import yaml
-from qdrant_client import QdrantClient
 
 from pipeline.config import load_topology
 from pipeline.dlq import dead_letters
@@ -16,7 +14,7 @@ from pipeline.runtime import BatchHandler, Raw
 from pipeline.serde import codec_for
 from pipeline.stage import Reject, Stage, TransientError
 from stages.store import point_id
-from tests.conftest import lag, run_cli, start_stage, wait_for
+from tests.conftest import lag, run_cli, start_stage, stop_all, stored_points, wait_for
 
 
 def test_poison_records_are_isolated_by_bisection(topology, tmp_path: Path) -> None:
@@ -38,19 +36,13 @@ def test_poison_records_are_isolated_by_bisection(topology, tmp_path: Path) -> N
         wait_for(lambda: lag(topo) == 0 and len(dead_letters(topo, "store")) == 2, 240,
                  "the poison to be isolated", procs, logs)
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(60)
+        stop_all(procs)
     letters = dead_letters(topo, "store")
     decoded = [codec_for(topo, topo.stages["store"].input).decode(d.value)["doc_id"] for d in letters]
     assert sorted(decoded) == ["poison-23", "poison-7"]
     assert {d.reason for d in letters} == {"stage-error"}
     assert all("cannot store a poison document" in d.error["message"] for d in letters)
-    client = QdrantClient(path=topo.stages["store"].options["path"])
-    stored = {str(p.id) for p in client.scroll("docs", limit=100)[0]}
-    client.close()
-    assert stored == {point_id(d, 0) for d in ids if d.startswith("ok")}
+    assert set(stored_points(topo.stages["store"].options["path"])) == {point_id(d, 0) for d in ids if d.startswith("ok")}
 
 
 class _OutOfMemoryBelow(Stage):

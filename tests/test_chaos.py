@@ -10,13 +10,12 @@ import signal
 import time
 from pathlib import Path
 
-from qdrant_client import QdrantClient
 
 from pipeline.dlq import dead_letters
 from pipeline.offsets import stage_lag
 from pipeline.stage import Incoming, load_stage
 from stages.store import point_id
-from tests.conftest import SASL_USER, TEST_PORT, lag, run_cli, start_stage
+from tests.conftest import SASL_USER, TEST_PORT, lag, run_cli, start_stage, stop_all, stored_points
 
 DOCS = 2000
 TOPICS = ["sockets and servers", "regular expressions", "JSON files", "threads and locks", "square roots", "paths"]
@@ -85,22 +84,11 @@ def test_chaos_kills_and_broker_restart_lose_nothing(topology, tmp_path: Path) -
             time.sleep(1)
         assert lag(topo) == 0, "the pipeline did not catch up within the time limit"
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(60)
+        stop_all(procs)
 
     for name in topo.stages:
         assert dead_letters(topo, name) == [], f"{name} dead-lettered good input"
-    client = QdrantClient(path=topo.stages["store"].options["path"])
-    stored, offset = set(), None
-    while True:
-        points, offset = client.scroll("docs", limit=1000, offset=offset)
-        stored |= {str(p.id) for p in points}
-        if offset is None:
-            break
-    client.close()
+    stored = set(stored_points(topo.stages["store"].options["path"]))
     print(f"chaos: {DOCS} documents, {len(expected)} passages, {kills} SIGKILLs, broker restarted: "
           f"{broker_restarted}, stages that exited and were restarted: {restarts}")
     assert len(stored - expected) == 0, "extra points"

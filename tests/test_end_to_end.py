@@ -11,7 +11,10 @@ from pipeline.config import Topology
 from pipeline.offsets import stage_lag
 from pipeline.stage import Incoming, load_stage
 from stages.store import point_id
-from tests.conftest import ROOT, lag as _lag, run_cli, start_stage as _start, wait_for as _wait_for
+from tests.conftest import ROOT, run_cli, stop_all, stored_points
+from tests.conftest import lag as _lag
+from tests.conftest import start_stage as _start
+from tests.conftest import wait_for as _wait_for
 
 SAMPLE = ROOT / "stages" / "data" / "sample.jsonl"
 
@@ -62,26 +65,14 @@ def test_pipeline_end_to_end_with_crashes(topology, tmp_path: Path) -> None:
         assert f" {target['doc_id']} " in first_row
         assert stats().returncode == 0
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(60)
+        stop_all(procs)
 
     # The store stage has stopped, so the test can open Qdrant's folder itself.
-    from qdrant_client import QdrantClient
-
-    client = QdrantClient(path=topo.stages["store"].options["path"])
-    points, offset = [], None
-    while True:
-        batch, offset = client.scroll("docs", limit=500, offset=offset, with_payload=True)
-        points += batch
-        if offset is None:
-            break
-    client.close()
-    assert {str(p.id) for p in points} == expected  # none missing, none extra
+    points = stored_points(topo.stages["store"].options["path"])
+    assert set(points) == expected  # none missing, none extra
     labels = set(topo.stages["classify"].options["labels"])
-    for p in points:
-        assert p.payload["label"] in labels
-        assert p.payload["model_id"] == "all-MiniLM-L6-v2"
-        assert p.payload["lineage"]["topic"] == raw_topic and p.payload["lineage"]["ingest_time_ms"] > 0
-        assert str(p.id) == point_id(p.payload["doc_id"], p.payload["passage_index"])
+    for pid, payload in points.items():
+        assert payload["label"] in labels
+        assert payload["model_id"] == "all-MiniLM-L6-v2"
+        assert payload["lineage"]["topic"] == raw_topic and payload["lineage"]["ingest_time_ms"] > 0
+        assert pid == point_id(payload["doc_id"], payload["passage_index"])

@@ -4,12 +4,10 @@ every good one is stored, and no stage crashes or stalls."""
 from __future__ import annotations
 
 import io
-import signal
 from pathlib import Path
 
 import yaml
 from fastavro import schemaless_writer
-from qdrant_client import QdrantClient
 
 from pipeline.avro import MAGIC
 from pipeline.clients import producer
@@ -19,7 +17,7 @@ from pipeline.offsets import stage_lag
 from pipeline.serde import codec_for, schema_store
 from pipeline.stage import Incoming, load_stage
 from stages.store import point_id
-from tests.conftest import lag, run_cli, start_stage, wait_for
+from tests.conftest import lag, run_cli, start_stage, stop_all, stored_points, wait_for
 
 
 def _v1(topo, record: dict) -> bytes:
@@ -114,10 +112,7 @@ def test_poison_corpus(topology, tmp_path: Path) -> None:
         for name, proc in procs.items():
             assert proc.poll() is None, f"{name} crashed"
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(60)
+        stop_all(procs)
 
     letters = dead_letters(topo, "preprocess")
     by_key = {d.key: d.reason for d in letters}
@@ -126,12 +121,4 @@ def test_poison_corpus(topology, tmp_path: Path) -> None:
     assert len(letters) == len(bad)
     for later in ("embed", "classify", "store"):
         assert dead_letters(topo, later) == []
-    client = QdrantClient(path=topo.stages["store"].options["path"])
-    stored, offset = set(), None
-    while True:
-        points, offset = client.scroll("docs", limit=500, offset=offset)
-        stored |= {str(p.id) for p in points}
-        if offset is None:
-            break
-    client.close()
-    assert stored == expected
+    assert set(stored_points(topo.stages["store"].options["path"])) == expected

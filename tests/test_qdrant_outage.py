@@ -5,20 +5,18 @@ the real store stage, on the real broker and Qdrant's local mode.)"""
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from qdrant_client import QdrantClient
 
 from pipeline.config import load_topology
 from pipeline.dlq import dead_letters
 from pipeline.offsets import stage_lag
 from pipeline.stage import StageUnreachable, call_route
 from stages.store import point_id
-from tests.conftest import lag, run_cli, start_stage, wait_for
+from tests.conftest import lag, run_cli, start_stage, stop_all, stored_points, wait_for
 
 
 def _metric(topo, name: str) -> float:
@@ -66,12 +64,6 @@ def test_store_survives_a_qdrant_outage(topology, tmp_path: Path) -> None:
         assert _metric(topo, "pipeline_stuck_on_transient_error") == 0
         assert "transient failure, retrying" in (logs / "store.log").read_text()
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(60)
+        stop_all(procs)
     assert dead_letters(topo, "store") == []
-    client = QdrantClient(path=topo.stages["store"].options["path"])
-    stored = {str(p.id) for p in client.scroll("docs", limit=1000)[0]}
-    client.close()
-    assert stored == {point_id(d["doc_id"], 0) for d in docs}
+    assert set(stored_points(topo.stages["store"].options["path"])) == {point_id(d["doc_id"], 0) for d in docs}

@@ -10,27 +10,14 @@ from pathlib import Path
 
 import yaml
 from confluent_kafka import Consumer, TopicPartition
-from qdrant_client import QdrantClient
 
 from pipeline.config import load_topology
 from stages.model import model_path
-from tests.conftest import ROOT, lag, run_cli, start_stage, wait_for
+from tests.conftest import ROOT, lag, run_cli, start_stage, stop_all, stored_points, wait_for
 
 SAMPLE = ROOT / "stages" / "data" / "sample.jsonl"
 NEW_LABELS = {"network-io": "sockets, HTTP, URLs, email, servers and clients",
               "everything-else": "text, numbers, files, formats, threads and everything that is not networking"}
-
-
-def _payloads(qdrant_path: str, collection: str) -> dict[str, dict]:
-    client = QdrantClient(path=qdrant_path)
-    found, offset = {}, None
-    while True:
-        points, offset = client.scroll(collection, limit=500, offset=offset, with_payload=True)
-        found.update({str(p.id): p.payload for p in points})
-        if offset is None:
-            break
-    client.close()
-    return found
 
 
 def _produce(path: Path, topic: str, docs: list[dict], file: Path) -> None:
@@ -102,14 +89,11 @@ def test_replay_classify_and_blue_green_reembed(topology, tmp_path: Path) -> Non
         found = run_cli("-c", str(path), "search", " ".join(docs[3]["text"].split()), "-k", "1")
         assert found.returncode == 0 and docs[3]["doc_id"] in found.stderr
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(60)
+        stop_all(procs)
 
-    old = _payloads(qdrant, "docs--all-MiniLM-L6-v2")
-    new = _payloads(qdrant, "docs--minilm-copy")
-    via_alias = _payloads(qdrant, "docs")
+    old = stored_points(qdrant, "docs--all-MiniLM-L6-v2")
+    new = stored_points(qdrant, "docs--minilm-copy")
+    via_alias = stored_points(qdrant, "docs")
     assert set(old) == set(new) == set(via_alias)  # same passages in both, nothing duplicated
     assert len({p["doc_id"] for p in old.values()}) == 24
     assert via_alias == new
