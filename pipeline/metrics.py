@@ -8,7 +8,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
 
 
 class StageMetrics:
@@ -27,7 +27,10 @@ class StageMetrics:
         self.batch_seconds = series(Histogram, "pipeline_batch_seconds", "Wall time per batch")
         self.process_seconds = series(Histogram, "pipeline_process_seconds", "Stage (model) time per batch")
         self.latency = series(Histogram, "pipeline_ingest_to_now_seconds",
-                              "Age of the newest record of a batch when it is done", buckets=LATENCY_BUCKETS)
+                              "Age of each record when its batch is done, counted from when its source was "
+                              "ingested (lineage.ingest_time_ms) or else its Kafka timestamp",
+                              buckets=LATENCY_BUCKETS)
+        self.last_batch = series(Gauge, "pipeline_last_batch_timestamp_seconds", "When the last batch was done")
         self.retries = series(Counter, "pipeline_transient_retries", "Batches retried after a transient failure")
         self.stuck = series(Gauge, "pipeline_stuck_on_transient_error", "1 while the stage retries a failing batch")
         self._dead = Counter("pipeline_dead_lettered", "Records sent to the dead-letter topic",
@@ -35,6 +38,36 @@ class StageMetrics:
 
     def dead_lettered(self, reason: str) -> Counter:
         return self._dead.labels(stage=self.stage, reason=reason)
+
+
+def scrape(text: str) -> dict[str, float]:
+    """Prometheus text as {series name: value}, summed over labels (buckets keep their `le`: name{le})."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = f"{sample.name}{{{sample.labels['le']}}}" if "le" in sample.labels else sample.name
+            values[name] = values.get(name, 0.0) + sample.value
+    return values
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """The q-quantile of a histogram's cumulative (upper bound, count) buckets, interpolated inside the
+    bucket as Prometheus' histogram_quantile does."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
 
 
 def add_pages(app: faust.App, ready: threading.Event, m: StageMetrics) -> None:

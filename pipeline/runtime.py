@@ -119,8 +119,10 @@ class BatchHandler:
         self.m.batch_seconds.observe(time.perf_counter() - started)
         for d in dead:
             self.m.dead_lettered(d.reason).inc()
-        if raws:
-            self.m.latency.observe(max(0.0, time.time() - raws[-1].timestamp_ms / 1000))
+        now_ms = time.time() * 1000
+        self.m.last_batch.set(now_ms / 1000)
+        for item in incoming:
+            self.m.latency.observe(max(0.0, now_ms - ingest_time_ms(item)) / 1000)
 
     def _key(self, record: dict[str, Any], raw: Raw) -> bytes | None:
         if self.out_key_field and record.get(self.out_key_field) is not None:
@@ -160,6 +162,12 @@ class BatchHandler:
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+
+
+def ingest_time_ms(item: Incoming) -> int:
+    """When the record's source entered the pipeline: its lineage.ingest_time_ms where it carries one."""
+    lineage = item.value.get("lineage")
+    return lineage.get("ingest_time_ms", item.timestamp_ms) if isinstance(lineage, dict) else item.timestamp_ms
 
 
 def isolate(process: Callable[[list[Incoming]], list[Result]], items: list[Incoming], stage: str) -> list[Result]:

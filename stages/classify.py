@@ -63,11 +63,10 @@ class ClassifyStage(Stage):
                 results[i] = Reject("model-mismatch", f"embedded by {model}; the classifier needs {hint}")
         for model, rows in by_model.items():
             scores = self.scores(model, np.stack([from_bytes(batch[i].value["vector"]) for i in rows]))
-            for i, row in zip(rows, scores):
-                best = int(row.argmax())
+            classifier_id = self.classifier_id_for(model)
+            for i, row, best in zip(rows, scores.tolist(), scores.argmax(axis=1).tolist()):
                 results[i] = [{
-                    **batch[i].value, "label": self.labels[best], "score": float(row[best]),
-                    "scores": {label: float(s) for label, s in zip(self.labels, row)},
-                    "classifier_id": self.classifier_id_for(model),
+                    **batch[i].value, "label": self.labels[best], "score": row[best],
+                    "scores": dict(zip(self.labels, row)), "classifier_id": classifier_id,
                 }]
         return results

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Topology, load_topology
+from pipeline import sandbox
+from pipeline.config import Topology
+from pipeline.sandbox import isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = [sys.executable, "-m", "pipeline"]
@@ -52,26 +54,11 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def write_topology(folder: Path, bootstrap: str, partitions: int = 2, **changes: object) -> tuple[Path, Topology]:
     """A copy of the repo's topics.yaml whose topics have a unique prefix, so tests never share topics."""
-    raw = yaml.safe_load((ROOT / "topics.yaml").read_text())
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    rename = {name: prefix + name for name in raw["topics"]}
-    raw["topics"] = {rename[n]: spec for n, spec in raw["topics"].items()}
-    for spec in raw["topics"].values():
-        if spec.get("partitions", 0) > 1 or "partitions" not in spec:
-            spec["partitions"] = partitions
-    for stage in raw["stages"].values():
-        for role in ("input", "output", "dead_letter"):
-            if stage.get(role):
-                stage[role] = rename[stage[role]]
-        stage["group"] = prefix + stage["group"]
-        stage["web_port"] += 10000  # never collide with stages a developer runs on this machine
+    raw = isolated(yaml.safe_load((ROOT / "topics.yaml").read_text()), f"t{uuid.uuid4().hex[:8]}.", bootstrap,
+                   partitions=partitions)
     raw["stages"]["store"]["options"]["path"] = str(folder / "qdrant")
-    raw["kafka"]["bootstrap"] = bootstrap
-    raw["schemas_dir"] = str(ROOT / "schemas")
     raw.update(changes)
-    path = folder / "topics.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path, load_topology(path)
+    return sandbox.write(raw, folder, ROOT / "schemas")
 
 
 @pytest.fixture

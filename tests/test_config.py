@@ -30,7 +30,7 @@ def test_repo_topology_loads_with_defaults_applied() -> None:
     assert raw.partitions == 3 and raw.replication == 1
     assert raw.config["retention.ms"] == "604800000"
     assert topology.topic("docs.dlq.embed").config["retention.ms"] == "2592000000"
-    assert topology.stages["embed"].batch.max_tokens == 8192
+    assert topology.stages["embed"].batch.max_records == 64 and topology.stages["embed"].batch.max_tokens is None
 
 
 def test_env_overrides_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
 from pipeline.config import load_topology
 from pipeline.errors import ConfigError
@@ -16,7 +18,7 @@ from stages.classifier import Head, quality, train_head
 from stages.embed import token_batches
 from stages.model import from_bytes, load_tokenizer, to_bytes
 from stages.preprocess import normalise, pack
-from stages.store import point_id
+from stages.store import local_storage, point_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,6 +174,12 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
     stage.process(batch)
     stage.process(batch)  # a replay writes the same points again
     assert stage.stats({})["points"] == 6
+    # Local mode's sqlite runs in WAL mode and each batch is checkpointed (fsynced) before process returns.
+    storage = local_storage(stage.client, physical)
+    assert storage.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    main_file = sqlite3.connect(f"file:{tmp_path}/qdrant/collection/{physical}/storage.sqlite?immutable=1", uri=True)
+    assert main_file.execute("SELECT count(*) FROM points").fetchone()[0] == 6  # checkpointed, not only in the WAL
+    main_file.close()
     hits = stage.search({"vector": from_bytes(records[5]["vector"]).tolist(), "k": 2})["hits"]
     assert hits[0]["payload"]["doc_id"] == "d2" and hits[0]["payload"]["passage_index"] == 1
     only_a = stage.search({"vector": from_bytes(records[5]["vector"]).tolist(), "k": 10, "label": "a"})["hits"]
@@ -197,6 +205,9 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="no collection 'nope'"):
         stage.promote({"collection": "nope"})
     stage.close()
+    reopened = QdrantClient(path=str(tmp_path / "qdrant"))
+    assert reopened.count("t--m").count == 5 and reopened.count("t--m2").count == 3
+    reopened.close()
 
 
 # --- runtime ----------------------------------------------------------------------------------------------

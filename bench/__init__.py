@@ -1,0 +1,1 @@
+"""The benchmark: model ceiling, naive baseline, each stage alone and the whole pipeline on a real broker."""

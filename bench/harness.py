@@ -1,0 +1,127 @@
+"""The benchmark's real parts: a broker, private topologies on it, stage processes, and their /metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import admin, sandbox
+from pipeline.clients import producer
+from pipeline.config import Topology
+from pipeline.devbroker import DevBroker
+from pipeline.errors import PipelineError
+from pipeline.metrics import scrape
+from pipeline.serde import codec_for
+from pipeline.stage import StageUnreachable, call_route
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Bench:
+    """Where one benchmark run works: its folder, the broker, and the stage processes it started."""
+
+    def __init__(self, workdir: Path, bootstrap: str | None, broker_port: int, device: str) -> None:
+        self.workdir = workdir
+        self.device = device
+        self.broker: DevBroker | None = None
+        if bootstrap is None:
+            self.broker = DevBroker(home=workdir / "broker", port=broker_port, controller_port=broker_port + 1)
+            bootstrap = self.broker.up()["bootstrap"]
+        self.bootstrap = bootstrap
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def close(self) -> None:
+        self.stop()
+        if self.broker is not None:
+            self.broker.down()
+
+    def topology(self, name: str, partitions: int = 3) -> tuple[Path, Topology]:
+        """A fresh copy of topics.yaml with its own topics, groups and Qdrant folder, applied on the broker."""
+        folder = self.workdir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        raw = sandbox.isolated(yaml.safe_load((ROOT / "topics.yaml").read_text()),
+                               f"bench-{uuid.uuid4().hex[:6]}.", self.bootstrap, partitions=partitions)
+        raw["stages"]["store"]["options"]["path"] = str(folder / "qdrant")
+        raw["stages"]["embed"]["options"]["device"] = self.device
+        path, topology = sandbox.write(raw, folder, ROOT / "schemas")
+        client = admin.admin_client(topology)
+        admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+        return path, topology
+
+    def fill(self, topology: Topology, topic: str, records: list[dict[str, Any]]) -> None:
+        """Produce `records` to `topic` (Avro, keyed as the topic says) and wait until all are acknowledged."""
+        codec = codec_for(topology, topic)
+        key_field = topology.topic(topic).key_field
+        kafka = producer(topology)
+        for record in records:
+            key = str(record[key_field]).encode() if key_field else None
+            while True:
+                try:
+                    kafka.produce(topic, codec.encode(record, validate=False), key)
+                    break
+                except BufferError:
+                    kafka.poll(0.05)
+            kafka.poll(0)
+        if kafka.flush(60):
+            raise PipelineError(f"records to {topic} not acknowledged within 60 s")
+
+    def start(self, path: Path, stage: str, name: str | None = None) -> None:
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        log = open(logs / f"{name or stage}.log", "ab")
+        self.procs[name or stage] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "-c", str(path), "run", stage, "--loglevel", "warn"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.workdir / "logs" / f"{name}.log").read_text()[-2000:]
+                raise PipelineError(f"stage process {name} exited ({proc.returncode}):\n{tail}")
+
+    def wait_ready(self, topology: Topology, stages: list[str], timeout: float = 300) -> float:
+        """Poll each stage's /ready until all answer 200; the time when the last one did."""
+        deadline = time.monotonic() + timeout
+        pending = list(stages)
+        while pending:
+            self.check_alive()
+            try:
+                call_route(topology, pending[0], "/ready", timeout=2)
+                pending.pop(0)
+                continue
+            except StageUnreachable:
+                pass
+            if time.monotonic() > deadline:
+                raise PipelineError(f"stages {', '.join(pending)} not ready within {timeout:.0f} s")
+            time.sleep(0.02)
+        return time.time()
+
+    def wait_count(self, topology: Topology, stage: str, count: int, timeout: float = 1800) -> float:
+        """Wait until the stage has handled `count` records; the time its batch that got there was done.
+        Polls gently (4/s) so that watching does not slow down what is watched."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = scrape(call_route(topology, stage, "/metrics"))
+            if m.get("pipeline_events_in_total", 0) >= count:
+                return m["pipeline_last_batch_timestamp_seconds"]
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise PipelineError(f"{stage} did not get through {count} records within {timeout:.0f} s")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
