@@ -199,6 +199,17 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+def validate_topology(raw: dict[str, Any], source: str | Path) -> Topology:
+    """The topology from parsed YAML; ConfigError naming `source` and each problem's path inside it."""
+    try:
+        return Topology.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {len(exc.errors())} problem(s):"]
+        for err in exc.errors():
+            lines.append(f"  {_format_location(err['loc'])}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
 def load_topology(path: str | Path | None = None, bootstrap: str | None = None) -> Topology:
     """Read and validate topics.yaml; KAFKA_BOOTSTRAP (or `bootstrap`) overrides kafka.bootstrap."""
     path = Path(path or os.environ.get("PIPELINE_CONFIG") or DEFAULT_CONFIG)
@@ -213,13 +224,7 @@ def load_topology(path: str | Path | None = None, bootstrap: str | None = None) 
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'topics' (and 'stages') at the top")
-    try:
-        topology = Topology.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"{path}: {len(exc.errors())} problem(s):"]
-        for err in exc.errors():
-            lines.append(f"  {_format_location(err['loc'])}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+    topology = validate_topology(raw, path)
     topology._root = path.parent.resolve()
     topology.schemas_dir = topology.resolve_path(topology.schemas_dir)
     override = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")

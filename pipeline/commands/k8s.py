@@ -1,0 +1,48 @@
+"""`pipeline k8s`: render the manifests that must agree with topics.yaml, and validate k8s/ offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from pipeline import k8s
+from pipeline.commands.context import console, settings
+from pipeline.config import DEFAULT_CONFIG
+
+app = typer.Typer(help="Kubernetes: render the manifests that follow topics.yaml; validate k8s/ offline.",
+                  no_args_is_help=True)
+
+
+def _topology_path(ctx: typer.Context) -> Path:
+    return Path(settings(ctx).config or os.environ.get("PIPELINE_CONFIG") or DEFAULT_CONFIG)
+
+
+@app.command()
+def render(
+    ctx: typer.Context,
+    out: Path = typer.Option(None, help="Folder to write (default: k8s/base/generated next to topics.yaml)."),
+    cluster: Path = typer.Option(None, help="The cluster's changes to topics.yaml, a partial topics.yaml "
+                                            "(default: k8s/base/cluster.topics.yaml next to topics.yaml)."),
+    check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if the folder differs from a render."),
+) -> None:
+    """Write the cluster's topics.yaml and schemas (a ConfigMap), a Strimzi KafkaTopic per topic, and per stage a
+    Deployment and a KEDA ScaledObject; the same topics.yaml always gives the same files."""
+    path = _topology_path(ctx)
+    root = path.resolve().parent
+    out = out or root / "k8s" / "base" / "generated"
+    files = k8s.render(path, cluster or root / "k8s" / "base" / "cluster.topics.yaml")
+    if check:
+        stale = k8s.differences(files, out)
+        for name in stale:
+            console.print(f"[red]differs:[/] {escape(str(out / name))}", highlight=False)
+        if stale:
+            console.print(f"{len(stale)} file(s) differ from what `pipeline k8s render` writes: run it and commit")
+            raise typer.Exit(1)
+        console.print(f"[green]up to date:[/] {out} ({len(files)} files)")
+        return
+    changed = k8s.write(files, out)
+    console.print(f"wrote {out}: {len(changed)} of {len(files)} file(s) changed" if changed
+                  else f"[green]up to date:[/] {out} ({len(files)} files)")
