@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from pipeline import k8s
+from pipeline import k8s, k8s_validate
 from pipeline.commands.context import console, settings
 from pipeline.config import DEFAULT_CONFIG
 
@@ -44,5 +44,24 @@ def render(
         console.print(f"[green]up to date:[/] {out} ({len(files)} files)")
         return
     changed = k8s.write(files, out)
-    console.print(f"wrote {out}: {len(changed)} of {len(files)} file(s) changed" if changed
+    console.print(f"wrote {out}: {len(changed)} file(s) changed" if changed
                   else f"[green]up to date:[/] {out} ({len(files)} files)")
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    folder: Path = typer.Argument(None, help="Folder of manifests (default: k8s next to topics.yaml)."),
+    k8s_version: str = typer.Option(k8s_validate.DEFAULT_K8S_VERSION, help="Kubernetes version of the core schemas."),
+) -> None:
+    """Check every manifest under the folder offline: core kinds with kubernetes-validate, KEDA and Strimzi kinds
+    against the CRD schemas in FOLDER/schemas, and that each kustomization's files exist. Exit 1 on a problem."""
+    folder = folder or _topology_path(ctx).resolve().parent / "k8s"
+    report = k8s_validate.validate_tree(folder, k8s_version)
+    for problem in report.problems:
+        console.print(f"[red]error:[/] {escape(str(problem))}", highlight=False)
+    summary = f"{report.documents} object(s) in {report.files} file(s) under {folder}"
+    if report.problems:
+        console.print(f"{len(report.problems)} problem(s) in {summary}")
+        raise typer.Exit(1)
+    console.print(f"[green]valid:[/] {summary} (Kubernetes {k8s_version})")
