@@ -68,7 +68,7 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
 
 
 def cluster_topology(topology_path: Path, cluster_path: Path) -> tuple[dict[str, Any], Topology, Path]:
-    """(the cluster's topics.yaml as data, validated; the folder of the Avro schemas it names)."""
+    """topics.yaml with the cluster's changes merged over it: (as data, validated, the folder of its schemas)."""
     local = load_topology(topology_path)  # the same checks as every command, schema names included
     overrides = _read_yaml(cluster_path, "cluster topology (a partial topics.yaml merged over it)")
     raw = deep_merge(_read_yaml(topology_path, "topology"), overrides)
@@ -84,7 +84,6 @@ def cluster_topology(topology_path: Path, cluster_path: Path) -> tuple[dict[str,
 def _labels(component: str | None = None) -> dict[str, str]:
     labels = {f"{_LABEL}/name": "kafka-ai-pipeline", f"{_LABEL}/part-of": "kafka-ai-pipeline"}
     return {**labels, f"{_LABEL}/component": component} if component else labels
-
 
 
 def kafka_topic(topic: ResolvedTopic) -> dict[str, Any]:
@@ -239,7 +238,11 @@ def render(topology_path: Path, cluster_path: Path) -> dict[str, str]:
         files[schema.name] = schema.read_text(encoding="utf-8")
     schema_files = sorted(f for f in files if f.endswith(".avsc"))
     checksum = hashlib.sha256("".join(f"{k}\0{v}\0" for k, v in sorted(files.items())).encode()).hexdigest()
-    files["kafkatopics.yaml"] = _dump([kafka_topic(t) for t in topology.resolved_topics()], header)
+    topics = [kafka_topic(t) for t in topology.resolved_topics()]
+    names = [t["metadata"]["name"] for t in topics]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two topics map to one KafkaTopic name ({', '.join(sorted(names))}): rename one")
+    files["kafkatopics.yaml"] = _dump(topics, header)
     files["deployments.yaml"] = _dump([deployment(topology, s, checksum) for s in topology.stages], header)
     files["scaledobjects.yaml"] = _dump([scaled_object(topology, s) for s in topology.stages], header)
     auth = trigger_authentication(topology)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipeline import k8s
-from pipeline.config import load_topology
+from pipeline.config import ResolvedTopic, load_topology
 from pipeline.errors import ConfigError
 from pipeline.k8s_validate import validate_tree
 from tests.conftest import ROOT, run_cli
@@ -97,6 +97,14 @@ def test_generated_manifests_agree_with_the_topology():
         assert trigger["metadata"]["bootstrapServers"] == cluster.kafka.bootstrap
         assert trigger["metadata"]["version"] == k8s.KEDA_KAFKA_VERSION
         assert so["spec"]["maxReplicaCount"] <= cluster.topic(spec.input).partitions
+
+
+def test_topic_names_that_are_not_kubernetes_names():
+    topic = ResolvedTopic(name="Docs_Raw", partitions=2, replication=1, config={}, value_schema=None, key_field=None)
+    doc = k8s.kafka_topic(topic)
+    assert doc["metadata"]["name"] == "docs-raw" and doc["spec"]["topicName"] == "Docs_Raw"
+    with pytest.raises(ConfigError, match="cannot be made into a Kubernetes name"):
+        k8s.resource_name("__")
 
 
 def test_secrets_are_only_referenced():
