@@ -15,7 +15,7 @@ import yaml
 from pipeline import k8s
 from pipeline.config import ResolvedTopic, load_topology
 from pipeline.errors import ConfigError
-from pipeline.k8s_validate import validate_tree
+from pipeline.k8s_validate import kustomize_command, validate_builds, validate_tree
 from tests.conftest import ROOT, run_cli
 
 GENERATED = ROOT / "k8s" / "base" / "generated"
@@ -194,8 +194,32 @@ def test_validation_catches_broken_manifests(tmp_path: Path):
     assert "Widget/w (top level): no schema for Widget example.com/v1" in text
     assert f"{tree / 'base' / 'kustomization.yaml'}: resources: 'gone.yaml' does not exist" in text
     assert len(problems) == 6, text
-    result = run_cli("k8s", "validate", str(tree))
+    result = run_cli("k8s", "validate", "--no-build", str(tree))
     assert result.returncode == 1 and "6 problem(s)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validation_checks_what_kustomize_builds(tmp_path: Path):
+    command = kustomize_command()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    report = validate_builds(ROOT / "k8s", command)
+    assert not report.problems, "\n".join(map(str, report.problems))
+    built = {d["metadata"]["name"]: d for d in yaml.safe_load_all(
+        subprocess.run([*command, str(ROOT / "k8s" / "overlays" / "example")], capture_output=True, text=True,
+                       check=True).stdout) if d["kind"] == "Deployment"}
+    embed = built["pipeline-embed"]["spec"]["template"]["spec"]
+    assert embed["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert embed["nodeSelector"] and embed["tolerations"]
+    assert built["pipeline-store"]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.1.0-cpu")
+    # a patch is only a fragment, so only the built output shows that it breaks the Deployment
+    tree = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", tree)
+    patch = tree / "overlays" / "example" / "embed-gpu-nodes.yaml"
+    patch.write_text(patch.read_text().replace("        - key: nvidia.com/gpu", "          key: nvidia.com/gpu"))
+    assert not validate_tree(tree).problems
+    problems = "\n".join(map(str, validate_builds(tree, command).problems))
+    assert f"{tree / 'overlays' / 'example'} (built)" in problems
+    assert "Deployment/pipeline-embed spec.template.spec.tolerations" in problems and "not of type 'array'" in problems
 
 
 def test_stored_crd_schemas_work_with_check_jsonschema(tmp_path: Path):

@@ -53,15 +53,25 @@ def validate(
     ctx: typer.Context,
     folder: Path = typer.Argument(None, help="Folder of manifests (default: k8s next to topics.yaml)."),
     k8s_version: str = typer.Option(k8s_validate.DEFAULT_K8S_VERSION, help="Kubernetes version of the core schemas."),
+    build: bool = typer.Option(True, help="Also build each kustomization (kustomize or kubectl, when installed) "
+                                          "and check its output."),
 ) -> None:
     """Check every manifest under the folder offline: core kinds with kubernetes-validate, KEDA and Strimzi kinds
-    against the CRD schemas in FOLDER/schemas, and that each kustomization's files exist. Exit 1 on a problem."""
+    against the CRD schemas in FOLDER/schemas, and that each kustomization's files exist; then the output of each
+    kustomization, patches applied. Exit 1 on a problem."""
     folder = folder or _topology_path(ctx).resolve().parent / "k8s"
-    report = k8s_validate.validate_tree(folder, k8s_version)
-    for problem in report.problems:
+    reports = [("file(s)", k8s_validate.validate_tree(folder, k8s_version))]
+    command = k8s_validate.kustomize_command() if build else None
+    if command:
+        reports.append((f"kustomization(s) built with `{' '.join(command)}`",
+                        k8s_validate.validate_builds(folder, command, k8s_version)))
+    elif build:
+        console.print("[yellow]neither kustomize nor kubectl found: kustomization output not checked[/]")
+    problems = [p for _, report in reports for p in report.problems]
+    for problem in problems:
         console.print(f"[red]error:[/] {escape(str(problem))}", highlight=False)
-    summary = f"{report.documents} object(s) in {report.files} file(s) under {folder}"
-    if report.problems:
-        console.print(f"{len(report.problems)} problem(s) in {summary}")
+    summary = "; ".join(f"{r.documents} object(s) in {r.files} {what}" for what, r in reports) + f" under {folder}"
+    if problems:
+        console.print(f"{len(problems)} problem(s): {summary}")
         raise typer.Exit(1)
     console.print(f"[green]valid:[/] {summary} (Kubernetes {k8s_version})")
