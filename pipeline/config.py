@@ -85,6 +85,16 @@ class BatchSettings(_Strict):
     max_tokens: int | None = Field(None, ge=1)
 
 
+class ScalingSettings(_Strict):
+    """How KEDA scales the stage's Deployment on its consumer group's lag (see `pipeline k8s render`)."""
+
+    min_replicas: int = Field(1, ge=0)
+    # Default: the input topic's partitions; a replica past that count would get no partition and idle.
+    max_replicas: int | None = Field(None, ge=1)
+    # Target lag per replica: KEDA adds replicas while lag > lag_threshold * replicas.
+    lag_threshold: int = Field(100, ge=1)
+
+
 class StageSpec(_Strict):
     # The stage's code, "module:Class"; the framework loads it by this name and never imports stages itself.
     impl: str = Field(pattern=r"^[\w.]+:\w+$")
@@ -97,6 +107,7 @@ class StageSpec(_Strict):
     web_port: int = Field(6066, ge=1, le=65535)
     # Stage-specific settings (model name, labels, Qdrant location, ...), read by the stage itself.
     options: dict[str, Any] = Field(default_factory=dict)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
 
 
 class ResolvedTopic(BaseModel):
@@ -136,7 +147,26 @@ class Topology(_Strict):
                     raise ValueError(
                         f"stages.{name}.{role}: topic '{topic}' is not declared under 'topics'"
                     )
+        for name in self.stages:
+            self._check_scaling(name)
         return self
+
+    def _check_scaling(self, name: str) -> None:
+        scaling, partitions = self.stages[name].scaling, self.topic(self.stages[name].input).partitions
+        if scaling.max_replicas is not None and scaling.max_replicas > partitions:
+            raise ValueError(
+                f"stages.{name}.scaling.max_replicas: {scaling.max_replicas} is more than the {partitions} "
+                f"partition(s) of its input {self.stages[name].input}, so the extra replicas would idle: lower "
+                f"max_replicas or raise topics.{self.stages[name].input}.partitions"
+            )
+        if scaling.min_replicas > self.max_replicas(name):
+            raise ValueError(f"stages.{name}.scaling.min_replicas: {scaling.min_replicas} is more than max_replicas "
+                             f"({self.max_replicas(name)})")
+
+    def max_replicas(self, stage: str) -> int:
+        """The most replicas the stage scales to: scaling.max_replicas, else its input topic's partitions."""
+        spec = self.stages[stage]
+        return spec.scaling.max_replicas or self.topic(spec.input).partitions
 
     def topic(self, name: str) -> ResolvedTopic:
         """The named topic with defaults applied; ConfigError if it is not declared."""
@@ -169,6 +199,17 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+def validate_topology(raw: dict[str, Any], source: str | Path) -> Topology:
+    """The topology from parsed YAML; ConfigError naming `source` and each problem's path inside it."""
+    try:
+        return Topology.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {len(exc.errors())} problem(s):"]
+        for err in exc.errors():
+            lines.append(f"  {_format_location(err['loc'])}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
 def load_topology(path: str | Path | None = None, bootstrap: str | None = None) -> Topology:
     """Read and validate topics.yaml; KAFKA_BOOTSTRAP (or `bootstrap`) overrides kafka.bootstrap."""
     path = Path(path or os.environ.get("PIPELINE_CONFIG") or DEFAULT_CONFIG)
@@ -183,13 +224,7 @@ def load_topology(path: str | Path | None = None, bootstrap: str | None = None) 
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'topics' (and 'stages') at the top")
-    try:
-        topology = Topology.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"{path}: {len(exc.errors())} problem(s):"]
-        for err in exc.errors():
-            lines.append(f"  {_format_location(err['loc'])}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+    topology = validate_topology(raw, path)
     topology._root = path.parent.resolve()
     topology.schemas_dir = topology.resolve_path(topology.schemas_dir)
     override = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
