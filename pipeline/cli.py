@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import typer
 from rich.markup import escape
 
-from pipeline.commands import dev, dlq, k8s, records, replay, run, schemas, topics
+from pipeline.commands import dev, dlq, k8s, records, replay, run, schemas, status, topics
 from pipeline.commands.context import Settings, console
 from pipeline.errors import PipelineError
 
@@ -42,6 +42,7 @@ app.command()(run.run)
 app.command()(replay.offsets)
 app.command()(replay.replay)
 app.command()(replay.backfill)
+app.command()(status.status)
 
 
 def _add_plugins() -> None:

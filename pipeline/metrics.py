@@ -8,6 +8,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+FILL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
 
 
@@ -24,6 +25,8 @@ class StageMetrics:
         self.events_in = series(Counter, "pipeline_events_in", "Records consumed")
         self.events_out = series(Counter, "pipeline_events_out", "Records produced")
         self.batch_size = series(Histogram, "pipeline_batch_size", "Records per batch", buckets=BATCH_BUCKETS)
+        self.batch_fill = series(Histogram, "pipeline_batch_fill_ratio", "Records per batch / batch.max_records",
+                                 buckets=FILL_BUCKETS)
         self.batch_seconds = series(Histogram, "pipeline_batch_seconds", "Wall time per batch")
         self.process_seconds = series(Histogram, "pipeline_process_seconds", "Stage (model) time per batch")
         self.latency = series(Histogram, "pipeline_ingest_to_now_seconds",
@@ -36,8 +39,15 @@ class StageMetrics:
         self._dead = Counter("pipeline_dead_lettered", "Records sent to the dead-letter topic",
                              ["stage", "reason"], registry=self.registry)
 
+        self._lag = Gauge("pipeline_consumer_lag", "Records after the group's committed offset, per input "
+                          "partition, read from the broker", ["stage", "partition"], registry=self.registry)
+
     def dead_lettered(self, reason: str) -> Counter:
         return self._dead.labels(stage=self.stage, reason=reason)
+
+    def set_lag(self, lags: dict[int, int]) -> None:
+        for partition, lag in lags.items():
+            self._lag.labels(stage=self.stage, partition=str(partition)).set(lag)
 
 
 def scrape(text: str) -> dict[str, float]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.clients import admin, consumer
 from pipeline.config import Topology
@@ -64,10 +65,20 @@ class GroupState:
         return self.members > 0
 
 
+_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                       KafkaError.COORDINATOR_NOT_AVAILABLE}
+
+
 def group_state(topology: Topology, group: str, timeout: float = 10) -> GroupState:
     client = admin(topology)  # keep a reference: a collected client never resolves its futures
-    try:
-        desc = client.describe_consumer_groups([group], request_timeout=timeout)[group].result()
-    except KafkaException as exc:
-        raise KafkaUnavailable(f"describing group {group}: {exc}") from None
-    return GroupState(desc.state.name, len(desc.members))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            desc = client.describe_consumer_groups([group], request_timeout=timeout)[group].result()
+            return GroupState(desc.state.name, len(desc.members))
+        except KafkaException as exc:
+            # A fresh broker answers NOT_COORDINATOR while it loads the group coordinator: ask again.
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in _COORDINATOR_MOVING) or time.monotonic() > deadline:
+                raise KafkaUnavailable(f"describing group {group}: {exc}") from None
+            time.sleep(0.2)

@@ -20,12 +20,14 @@ from pipeline.clients import producer
 from pipeline.config import Topology
 from pipeline.deadletter import error_headers
 from pipeline.devbroker import cache_home
+from pipeline.offsets import stage_lag
 from pipeline.security import faust_credentials
 from pipeline.serde import codec_for
 from pipeline.stage import Incoming, Reject, Result, Stage, TransientError, load_stage
 
 log = logging.getLogger("pipeline.runtime")
 MAX_BACKOFF = 30.0
+LAG_INTERVAL = 5.0  # seconds between reads of the group's lag for /metrics
 
 
 class Stopping(Exception):
@@ -116,6 +118,7 @@ class BatchHandler:
         self.m.events_in.inc(len(raws))
         self.m.events_out.inc(len(sends))
         self.m.batch_size.observe(len(raws))
+        self.m.batch_fill.observe(len(raws) / self.stage.spec.batch.max_records)
         self.m.batch_seconds.observe(time.perf_counter() - started)
         for d in dead:
             self.m.dead_lettered(d.reason).inc()
@@ -258,6 +261,17 @@ def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.Ap
                 raise
             for event in events:
                 await stream.ack(event)
+
+    @app.timer(interval=LAG_INTERVAL)
+    async def measure_lag() -> None:
+        """The group's lag per input partition, from the broker's offsets (off the event loop and the batch
+        thread: the admin calls block)."""
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(None, stage_lag, topology, stage_name)
+        except Exception as exc:  # noqa: BLE001 - a metric must never stop the stage
+            log.warning("stage %s: cannot read its lag: %s", stage_name, exc)
+            return
+        handler.m.set_lag({row.partition: row.lag for row in rows})
 
     for path, route in stage.routes().items():
         _json_page(app, path, route, in_thread)
