@@ -68,7 +68,6 @@ def main(
     topology = load_topology(ROOT / "topics.yaml")
     documents = corpus.documents(docs, seed)
     passages = corpus.passages(topology, documents)
-    per_doc = Counter(p["doc_id"] for p in passages)
     results: dict = {"meta": {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(device),
         "device": device, "command": " ".join(["python -m bench", *sys.argv[1:]]), "documents": docs,
@@ -80,6 +79,15 @@ def main(
             sizes = [8, 32] if quick else ([4, 8, 16, 32, 64] if device == "cpu" else [32, 64, 128, 256, 512])
             results["model_ceiling"] = measure.model_ceiling(sample if device == "cpu" else texts, model, device,
                                                              sizes)
+
+    def nearby_ceiling() -> float | None:
+        """The model ceiling again, briefly, just before a model-bound part. This machine's speed drifts
+        (±30% over minutes), so each part is also compared with the ceiling measured next to it."""
+        if "model_ceiling" not in results:
+            return None
+        size = results["model_ceiling"]["best_batch_size"]
+        return measure.model_ceiling(texts[:128], model, device, [size])["passages_per_s"]
+
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         bench = Bench(Path(work), bootstrap, broker_port, device)
         try:
@@ -88,7 +96,9 @@ def main(
                     results["naive_baseline"] = measure.naive_baseline(bench, passages[:60 if quick else 300], model)
             if "embed" in chosen:
                 with console.status(f"embed stage alone on {len(passages)} passages ..."):
-                    results["embed_stage"] = measure.stage_alone(bench, "embed", passages)
+                    nearby = nearby_ceiling()
+                    results["embed_stage"] = {**measure.stage_alone(bench, "embed", passages),
+                                              "nearby_ceiling_passages_per_s": nearby}
             if "stages" in chosen:
                 embedded, classified = _stage_inputs(topology, passages, stage_records, model, device)
                 results["stages"] = {}
@@ -101,12 +111,12 @@ def main(
                 counts = Counter(p["doc_id"] for p in corpus.passages(topology, steady_docs))
                 with console.status(f"whole pipeline: {docs} documents, then {steady_seconds:g} s of steady "
                                     "traffic ..."):
-                    results["pipeline"] = measure.whole_pipeline(
+                    nearby = nearby_ceiling()
+                    results["pipeline"] = {**measure.whole_pipeline(
                         bench, documents, len(passages), [(d, counts[d["doc_id"]]) for d in steady_docs],
-                        steady_seconds)
+                        steady_seconds), "nearby_ceiling_passages_per_s": nearby}
         finally:
             bench.close()
-    assert sum(per_doc.values()) == len(passages)
     report.show(results, console)
     json_path, png_path = report.save(results, out)
     console.print(f"wrote {json_path} and {png_path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -114,6 +115,21 @@ class Bench:
             if time.monotonic() > deadline:
                 raise PipelineError(f"{stage} did not get through {count} records within {timeout:.0f} s")
             time.sleep(0.25)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each stage process and by the broker this run started."""
+        pids = {name: proc.pid for name, proc in self.procs.items() if proc.poll() is None}
+        state = self.broker.state() if self.broker else None
+        if state:
+            pids["kafka broker"] = state["pid"]
+        used = {}
+        for name, pid in pids.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return used
 
     def stop(self) -> None:
         for proc in self.procs.values():

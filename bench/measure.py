@@ -99,10 +99,12 @@ def whole_pipeline(bench: Bench, docs: list[dict[str, Any]], passages: int,
     try:
         bench.wait_ready(topology, stages)
         raw_topic = topology.stages["preprocess"].input
+        cpu_before = bench.cpu_seconds()
         started = time.time()
         bench.fill(topology, raw_topic, docs)
         done = bench.wait_count(topology, "store", passages)
         seconds = done - started
+        cpu = {name: used - cpu_before.get(name, 0.0) for name, used in bench.cpu_seconds().items()}
         docs_per_s = len(docs) / seconds
         before = _latency_buckets(topology)
         rate = docs_per_s / 2
@@ -115,7 +117,8 @@ def whole_pipeline(bench: Bench, docs: list[dict[str, Any]], passages: int,
     return {"documents": len(docs), "passages": passages, "seconds": seconds, "documents_per_s": docs_per_s,
             "passages_per_s": passages / seconds, "steady_documents_per_s": rate,
             "steady_seconds": steady_seconds, "latency_p50_s": quantile(window, 0.5),
-            "latency_p99_s": quantile(window, 0.99), "latency_samples": window[-1][1] if window else 0}
+            "latency_p99_s": quantile(window, 0.99), "latency_samples": window[-1][1] if window else 0,
+            "cpu_seconds": cpu}
 
 
 def _latency_buckets(topology: Any) -> dict[float, float]:

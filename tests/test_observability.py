@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 
 from pipeline.metrics import scrape
 from pipeline.stage import StageUnreachable, call_route
+from pipeline.status import StageStatus, Throughput
 from tests.conftest import ROOT, lag, run_cli, start_stage, stop_all, wait_for, write_topology
 
 
@@ -94,3 +95,16 @@ def test_metrics_probes_and_status(kafka: str, tmp_path: Path) -> None:
         assert table.returncode == 0 and "preprocess" in table.stderr and "STABLE" in table.stderr.upper()
     finally:
         stop_all(procs)
+
+
+def test_throughput_is_over_the_last_window() -> None:
+    def reading(consumed: int) -> dict[str, StageStatus]:
+        return {"s": StageStatus("s", "g", "STABLE", 1, 0, consumed, 0)}
+
+    rates = Throughput(window=60)
+    rates.add(reading(0), now=0)
+    assert rates.rate("s") is None  # one reading is no rate
+    for t in range(10, 130, 10):  # 100 records/s for the first minute, then 10/s
+        rates.add(reading(100 * min(t, 60) + 10 * max(0, t - 60)), now=t)
+    rate, seconds = rates.rate("s")
+    assert seconds == 60 and rate == 10  # only the last minute counts
