@@ -38,7 +38,6 @@ class StageMetrics:
         self.stuck = series(Gauge, "pipeline_stuck_on_transient_error", "1 while the stage retries a failing batch")
         self._dead = Counter("pipeline_dead_lettered", "Records sent to the dead-letter topic",
                              ["stage", "reason"], registry=self.registry)
-
         self._lag = Gauge("pipeline_consumer_lag", "Records after the group's committed offset, per input "
                           "partition, read from the broker", ["stage", "partition"], registry=self.registry)
 
