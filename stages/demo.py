@@ -16,6 +16,7 @@ from pipeline.commands.context import console, settings
 from pipeline.config import Topology
 from pipeline.devbroker import DevBroker
 from pipeline.errors import PipelineError
+from pipeline.metrics import scrape
 from pipeline.offsets import stage_lag, topic_end_offsets
 from pipeline.produce import produce_file
 from pipeline.stage import StageUnreachable, call_route
@@ -108,15 +109,10 @@ def demo(
 
 def _stage_table(topology: Topology) -> None:
     """Per stage, from its /metrics: records in and out, busy time, and records/s while busy."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     table = Table("stage", "records in", "records out", "busy s", "records/s busy", "model s",
                   title="per stage (this run)")
     for name in topology.stages:
-        values = {}
-        for family in text_string_to_metric_families(call_route(topology, name, "/metrics")):
-            for sample in family.samples:
-                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        values = scrape(call_route(topology, name, "/metrics"))
         busy = values.get("pipeline_batch_seconds_sum", 0.0)
         records = values.get("pipeline_events_in_total", 0.0)
         table.add_row(name, f"{records:.0f}", f"{values.get('pipeline_events_out_total', 0):.0f}", f"{busy:.1f}",
