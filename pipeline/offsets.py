@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.clients import admin, consumer
 from pipeline.config import Topology
 from pipeline.errors import KafkaUnavailable
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,10 @@ class PartitionLag:
         return max(0, self.end - position)
 
 
+_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                       KafkaError.COORDINATOR_NOT_AVAILABLE}
+
+
 def stage_lag(topology: Topology, stage: str, timeout: float = 10) -> list[PartitionLag]:
     """Per input partition of `stage`: where its group committed, the log's range, and the lag."""
     spec = topology.stages[stage]
@@ -33,7 +41,7 @@ def stage_lag(topology: Topology, stage: str, timeout: float = 10) -> list[Parti
     try:
         meta = probe.list_topics(spec.input, timeout=timeout)
         partitions = [TopicPartition(spec.input, p) for p in sorted(meta.topics[spec.input].partitions)]
-        committed = probe.committed(partitions, timeout=timeout)
+        committed = _retrying(lambda: probe.committed(partitions, timeout=timeout), timeout)
         rows = []
         for tp in committed:
             start, end = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
@@ -65,20 +73,25 @@ class GroupState:
         return self.members > 0
 
 
-_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                       KafkaError.COORDINATOR_NOT_AVAILABLE}
+def _retrying(call: Callable[[], T], timeout: float) -> T:
+    """`call()`, asked again while the group coordinator moves or loads (a fresh broker answers
+    NOT_COORDINATOR for a moment); other errors, and this one past `timeout`, are raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in _COORDINATOR_MOVING) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def group_state(topology: Topology, group: str, timeout: float = 10) -> GroupState:
     client = admin(topology)  # keep a reference: a collected client never resolves its futures
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            desc = client.describe_consumer_groups([group], request_timeout=timeout)[group].result()
-            return GroupState(desc.state.name, len(desc.members))
-        except KafkaException as exc:
-            # A fresh broker answers NOT_COORDINATOR while it loads the group coordinator: ask again.
-            error = exc.args[0]
-            if not (error.retriable() or error.code() in _COORDINATOR_MOVING) or time.monotonic() > deadline:
-                raise KafkaUnavailable(f"describing group {group}: {exc}") from None
-            time.sleep(0.2)
+    try:
+        desc = _retrying(lambda: client.describe_consumer_groups([group], request_timeout=timeout)[group].result(),
+                         timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"describing group {group}: {exc}") from None
+    return GroupState(desc.state.name, len(desc.members))
