@@ -89,6 +89,7 @@ def test_metrics_probes_and_status(kafka: str, tmp_path: Path) -> None:
         # Values move when events flow.
         assert run_cli("-c", str(path), "produce", "-t", raw, str(source)).returncode == 0
         wait_for(lambda: _metrics(topo)["pipeline_events_in_total"] == 41, 60, "20 more records", procs, logs)
+        wait_for(lambda: _status(path)["preprocess"]["lag"] == 0, 30, "the commit (every second)", procs, logs)
         after = _status(path)["preprocess"]
         assert (after["lag"], after["members"], after["dead_letters"]) == (0, 2, 1)
         table = run_cli("-c", str(path), "status", "--interval", "1")
