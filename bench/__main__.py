@@ -19,7 +19,7 @@ from bench import corpus, measure, report  # noqa: E402
 from bench.harness import ROOT, Bench  # noqa: E402
 from pipeline.config import load_topology  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.stage import Incoming, load_stage  # noqa: E402
+from pipeline.runtime.stage import Incoming, load_stage  # noqa: E402
 from stages.model import DEFAULT_MODEL, encode, load_model, model_id, to_bytes  # noqa: E402
 
 PARTS = ("ceiling", "naive", "embed", "stages", "pipeline")

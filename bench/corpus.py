@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Topology
-from pipeline.stage import Incoming, Reject, load_stage
+from pipeline.runtime.stage import Incoming, Reject, load_stage
 
 SAMPLE = Path(__file__).resolve().parents[1] / "stages" / "data" / "sample.jsonl"
 

@@ -12,14 +12,15 @@ from typing import Any
 
 import yaml
 
-from pipeline import admin, sandbox
-from pipeline.clients import producer
+from pipeline.kafka import admin
+from pipeline.dev import sandbox
+from pipeline.kafka.clients import producer
 from pipeline.config import Topology
-from pipeline.devbroker import DevBroker
+from pipeline.dev.broker import DevBroker
 from pipeline.errors import PipelineError
-from pipeline.metrics import scrape
-from pipeline.serde import codec_for
-from pipeline.stage import StageUnreachable, call_route
+from pipeline.runtime.metrics import scrape
+from pipeline.avro.codecs import codec_for
+from pipeline.runtime.routes import StageUnreachable, call_route
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 from bench.harness import Bench
-from pipeline.clients import consumer, producer
-from pipeline.metrics import quantile, scrape
-from pipeline.serde import codec_for
-from pipeline.stage import call_route
+from pipeline.kafka.clients import consumer, producer
+from pipeline.runtime.metrics import quantile, scrape
+from pipeline.avro.codecs import codec_for
+from pipeline.runtime.routes import call_route
 from stages.model import encode, load_model, load_tokenizer, model_id, to_bytes
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from pipeline.avro.schemas import SchemaStore
 from pipeline.errors import ConfigError
 
 DEFAULT_CONFIG = "topics.yaml"
@@ -187,13 +188,6 @@ class Topology(_Strict):
     def resolved_topics(self) -> list[ResolvedTopic]:
         return [self.topic(name) for name in self.topics]
 
-    def kafka_config(self) -> dict[str, str]:
-        """Settings shared by every confluent-kafka client of this topology (secrets read from the env now)."""
-        from pipeline.security import librdkafka_security
-
-        return {"bootstrap.servers": self.kafka.bootstrap, **librdkafka_security(self.kafka.security),
-                **self.kafka.client}
-
 
 def _format_location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
@@ -244,8 +238,6 @@ def load_topology(path: str | Path | None = None, bootstrap: str | None = None) 
 
 
 def _check_schema_names(path: Path, topology: Topology) -> None:
-    from pipeline.avro import SchemaStore  # local: avro does not need config, config needs avro
-
     store = SchemaStore.load(topology.schemas_dir)
     for name, spec in topology.topics.items():
         if spec.value_schema and spec.value_schema not in store.names():

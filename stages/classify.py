@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.stage import Incoming, Reject, Result, Stage
+from pipeline.runtime.stage import Incoming, Reject, Result, Stage
 from stages.classifier import Head, zero_shot_id
 from stages.model import DEFAULT_MODEL, encode, from_bytes, load_model, model_id
 

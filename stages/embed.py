@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.stage import Incoming, Result, Route, Stage, TransientError
+from pipeline.runtime.stage import Incoming, Result, Route, Stage, TransientError
 from stages.model import DEFAULT_MODEL, encode, load_model, load_tokenizer, model_id, to_bytes
 
 

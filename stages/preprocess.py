@@ -7,7 +7,7 @@ import re
 import unicodedata
 from html.parser import HTMLParser
 
-from pipeline.stage import Incoming, Reject, Result, Stage
+from pipeline.runtime.stage import Incoming, Reject, Result, Stage
 from stages.model import DEFAULT_MODEL, load_tokenizer
 
 _TAG = re.compile(r"</?[a-zA-Z][^<>]*>")

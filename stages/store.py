@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.stage import Incoming, Result, Route, Stage, TransientError
+from pipeline.runtime.stage import Incoming, Result, Route, Stage, TransientError
 from stages.classifier import quality as classifier_quality
 from stages.model import from_bytes
 

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import sandbox
+from pipeline.dev import sandbox
 from pipeline.config import Topology
-from pipeline.sandbox import isolated
+from pipeline.dev.sandbox import isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = [sys.executable, "-m", "pipeline"]
 TEST_PORT = int(os.environ.get("PIPELINE_TEST_PORT", "39092"))
+# Stage web ports in tests are the file's plus this shift; two test sessions at once need different shifts.
+PORT_SHIFT = int(os.environ.get("PIPELINE_TEST_PORT_SHIFT", "10000"))
 # The test broker also listens with SASL_PLAINTEXT on TEST_PORT + 2 for this user (tests/test_security.py).
 SASL_USER = {"KAFKA_USERNAME": "pipeline-test", "KAFKA_PASSWORD": f"pw-{uuid.uuid4().hex}"}
 
@@ -55,7 +57,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> str:
 def write_topology(folder: Path, bootstrap: str, partitions: int = 2, **changes: object) -> tuple[Path, Topology]:
     """A copy of the repo's topics.yaml whose topics have a unique prefix, so tests never share topics."""
     raw = isolated(yaml.safe_load((ROOT / "topics.yaml").read_text()), f"t{uuid.uuid4().hex[:8]}.", bootstrap,
-                   partitions=partitions)
+                   port_shift=PORT_SHIFT, partitions=partitions)
     raw["stages"]["store"]["options"]["path"] = str(folder / "qdrant")
     raw.update(changes)
     return sandbox.write(raw, folder, ROOT / "schemas")
@@ -76,7 +78,7 @@ def start_stage(path: Path, stage: str, logs: Path, *extra: str, name: str | Non
 
 
 def lag(topology: Topology, stages: list[str] | None = None) -> int:
-    from pipeline.offsets import stage_lag
+    from pipeline.kafka.offsets import stage_lag
 
     return sum(row.lag for name in (stages or topology.stages) for row in stage_lag(topology, name))
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from pipeline.avro import MAGIC, BadMagic, CorruptRecord, InvalidRecord, SchemaStore, UnknownSchema
-from pipeline.compat import check_store, incompatibilities
+from pipeline.avro.schemas import MAGIC, BadMagic, CorruptRecord, InvalidRecord, SchemaStore, UnknownSchema
+from pipeline.avro.compat import check_store, incompatibilities
 from pipeline.errors import ConfigError
-from pipeline.registry import ConfluentCodec, registry_client
+from pipeline.avro.confluent import ConfluentCodec, registry_client
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "pipeline.docs."
@@ -48,7 +48,7 @@ def test_round_trip_each_record_type(store: SchemaStore, name: str) -> None:
 
 def test_fingerprint_matches_avro_spec(store: SchemaStore) -> None:
     # CRC-64-AVRO of the schema "null" is 0x63dd24e7cc258f8a (Avro spec test vector), written little-endian.
-    from pipeline.avro import _fingerprint
+    from pipeline.avro.schemas import _fingerprint
 
     assert _fingerprint("null") == (0x63DD24E7CC258F8A).to_bytes(8, "little")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import load_topology
-from pipeline.dlq import dead_letters
-from pipeline.runtime import BatchHandler, Raw
-from pipeline.serde import codec_for
-from pipeline.stage import Reject, Stage, TransientError
+from pipeline.kafka.dlq import dead_letters
+from pipeline.runtime.batch import BatchHandler, Raw
+from pipeline.avro.codecs import codec_for
+from pipeline.runtime.stage import Reject, Stage, TransientError
 from stages.store import point_id
 from tests.conftest import lag, run_cli, start_stage, stop_all, stored_points, wait_for
 

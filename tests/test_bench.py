@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.report import ratios
-from pipeline.metrics import quantile, scrape
+from pipeline.runtime.metrics import quantile, scrape
 from tests.conftest import ROOT
 
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 
-from pipeline.dlq import dead_letters
-from pipeline.offsets import stage_lag
-from pipeline.stage import Incoming, load_stage
+from pipeline.kafka.dlq import dead_letters
+from pipeline.kafka.offsets import stage_lag
+from pipeline.runtime.stage import Incoming, load_stage
 from stages.store import point_id
 from tests.conftest import SASL_USER, TEST_PORT, lag, run_cli, start_stage, stop_all, stored_points
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.devbroker import DevBroker, admin_ready, server_properties
+from pipeline.dev.broker import DevBroker, admin_ready, server_properties
 from tests.conftest import TEST_PORT, run_cli
 
 

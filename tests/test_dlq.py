@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.clients import producer
+from pipeline.kafka.clients import producer
 from pipeline.config import load_topology
-from pipeline.dlq import REDRIVEN_FROM, dead_letters
+from pipeline.kafka.dlq import REDRIVEN_FROM, dead_letters
 from tests.conftest import lag, run_cli, start_stage, wait_for
 
 

@@ -8,8 +8,8 @@ import signal
 from pathlib import Path
 
 from pipeline.config import Topology
-from pipeline.offsets import stage_lag
-from pipeline.stage import Incoming, load_stage
+from pipeline.kafka.offsets import stage_lag
+from pipeline.runtime.stage import Incoming, load_stage
 from stages.store import point_id
 from tests.conftest import ROOT, run_cli, stop_all, stored_points
 from tests.conftest import lag as _lag

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from pipeline.clients import consumer
+from pipeline.kafka.clients import consumer
 from tests.conftest import ROOT, run_cli
 
 APP = textwrap.dedent('''
     import json, sys
     import faust
     from pipeline.config import load_topology
-    from pipeline.serde import codec_for
+    from pipeline.avro.codecs import codec_for
 
     config, topic_name, group, out = sys.argv[1:5]
     sys.argv[1:5] = []

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import k8s
+from pipeline.deploy import render as k8s
 from pipeline.config import ResolvedTopic, load_topology
 from pipeline.errors import ConfigError
-from pipeline.k8s_validate import kustomize_command, validate_builds, validate_tree
+from pipeline.deploy.validate import kustomize_command, validate_builds, validate_tree
 from tests.conftest import ROOT, run_cli
 
 GENERATED = ROOT / "k8s" / "base" / "generated"
@@ -248,8 +248,7 @@ def test_cli_misuse_gives_a_message_not_a_traceback(tmp_path: Path):
 
 
 def test_framework_never_imports_stages():
-    for path in (ROOT / "pipeline" / "k8s.py", ROOT / "pipeline" / "k8s_validate.py",
-                 ROOT / "pipeline" / "commands" / "k8s.py"):
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from pipeline.metrics import scrape
-from pipeline.stage import StageUnreachable, call_route
-from pipeline.status import StageStatus, Throughput
+from pipeline.runtime.metrics import scrape
+from pipeline.runtime.routes import StageUnreachable, call_route
+from pipeline.kafka.status import StageStatus, Throughput
 from tests.conftest import ROOT, lag, run_cli, start_stage, stop_all, wait_for, write_topology
 
 

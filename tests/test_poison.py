@@ -9,13 +9,13 @@ from pathlib import Path
 import yaml
 from fastavro import schemaless_writer
 
-from pipeline.avro import MAGIC
-from pipeline.clients import producer
+from pipeline.avro.schemas import MAGIC
+from pipeline.kafka.clients import producer
 from pipeline.config import load_topology
-from pipeline.dlq import dead_letters
-from pipeline.offsets import stage_lag
-from pipeline.serde import codec_for, schema_store
-from pipeline.stage import Incoming, load_stage
+from pipeline.kafka.dlq import dead_letters
+from pipeline.kafka.offsets import stage_lag
+from pipeline.avro.codecs import codec_for, schema_store
+from pipeline.runtime.stage import Incoming, load_stage
 from stages.store import point_id
 from tests.conftest import lag, run_cli, start_stage, stop_all, stored_points, wait_for
 

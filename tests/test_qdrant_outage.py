@@ -12,9 +12,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_topology
-from pipeline.dlq import dead_letters
-from pipeline.offsets import stage_lag
-from pipeline.stage import StageUnreachable, call_route
+from pipeline.kafka.dlq import dead_letters
+from pipeline.kafka.offsets import stage_lag
+from pipeline.runtime.routes import StageUnreachable, call_route
 from stages.store import point_id
 from tests.conftest import lag, run_cli, start_stage, stop_all, stored_points, wait_for
 

@@ -127,7 +127,7 @@ def test_consume_max_and_undecodable_records(topology, tmp_path: Path) -> None:
     assert three.returncode == 0
     assert len(three.stdout.splitlines()) == 3
 
-    from pipeline.clients import producer
+    from pipeline.kafka.clients import producer
 
     kafka = producer(topo)
     kafka.produce(_raw_topic(topo), key=b"k", value=b"not avro at all")

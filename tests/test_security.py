@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.config import load_topology
 from pipeline.errors import ConfigError
-from pipeline.offsets import stage_lag
+from pipeline.kafka.offsets import stage_lag
 from tests.conftest import PIPELINE, ROOT, SASL_USER, TEST_PORT, lag, run_cli, wait_for
 
 

@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from pipeline.offsets import stage_lag, topic_end_offsets
+from pipeline.kafka.offsets import stage_lag, topic_end_offsets
 from tests.conftest import ROOT, lag, run_cli, start_stage, wait_for
 
 

@@ -12,8 +12,8 @@ from qdrant_client import QdrantClient
 
 from pipeline.config import load_topology
 from pipeline.errors import ConfigError
-from pipeline.runtime import isolate
-from pipeline.stage import Incoming, Reject, TransientError, load_stage
+from pipeline.runtime.batch import isolate
+from pipeline.runtime.stage import Incoming, Reject, TransientError, load_stage
 from stages.classifier import Head, quality, train_head
 from stages.embed import token_batches
 from stages.model import from_bytes, load_tokenizer, to_bytes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from pipeline import admin
+from pipeline.kafka import admin
 from pipeline.config import load_topology
 from tests.conftest import run_cli
 

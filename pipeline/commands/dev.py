@@ -8,7 +8,7 @@ from datetime import datetime
 import typer
 
 from pipeline.commands.context import console, out
-from pipeline.devbroker import KAFKA_VERSION, DevBroker, admin_ready
+from pipeline.dev.broker import KAFKA_VERSION, DevBroker, admin_ready
 
 app = typer.Typer(help="Run a real single-node Kafka broker locally (KRaft, fetched from Maven Central).",
                   no_args_is_help=True)

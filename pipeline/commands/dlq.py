@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline import dlq
+from pipeline.kafka import dlq
 from pipeline.commands.context import console, settings
 from pipeline.config import Topology
 from pipeline.errors import ConfigError

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from pipeline import k8s, k8s_validate
+from pipeline.deploy import render as k8s
+from pipeline.deploy import validate as k8s_validate
 from pipeline.commands.context import console, settings
 from pipeline.config import DEFAULT_CONFIG
 

@@ -8,8 +8,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.commands.context import console, out, settings
-from pipeline.consume import consume as consume_topic
-from pipeline.produce import ProduceReport, produce_file
+from pipeline.kafka.consume import consume as consume_topic
+from pipeline.kafka.produce import ProduceReport, produce_file
 
 
 def produce(

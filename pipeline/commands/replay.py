@@ -9,11 +9,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.backfill import plan_ranges, run_backfill
+from pipeline.runtime.backfill import plan_ranges, run_backfill
 from pipeline.commands.context import console, out, override_stage, settings
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.offsets import group_state, stage_lag
-from pipeline import replay as reset
+from pipeline.kafka.offsets import group_state, stage_lag
+from pipeline.kafka import reset
 
 
 def _stages(topology, stage: str | None) -> list[str]:

@@ -8,7 +8,7 @@ import typer
 
 from pipeline.commands.context import console, override_stage, settings
 from pipeline.errors import ConfigError
-from pipeline.supervisor import Supervisor, worker_command
+from pipeline.runtime.supervisor import Supervisor, worker_command
 
 
 def run(
@@ -37,7 +37,7 @@ def run(
     if overrides:
         override_stage(topology, names[0], option, group, web_port)
     if replica is not None or (len(names) == 1 and replicas == 1):
-        from pipeline.runtime import run_worker
+        from pipeline.runtime.app import run_worker
 
         run_worker(topology, names[0], replica or 0, loglevel)
         return

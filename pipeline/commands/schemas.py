@@ -6,9 +6,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.avro import SchemaStore
+from pipeline.avro.schemas import SchemaStore
 from pipeline.commands.context import console, settings
-from pipeline.compat import check_store
+from pipeline.avro.compat import check_store
 
 app = typer.Typer(help="Inspect and check the Avro schemas in schemas/.", no_args_is_help=True)
 

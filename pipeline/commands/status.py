@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 
 from pipeline.commands.context import console, out, settings
-from pipeline.status import StageStatus, Throughput, snapshot
+from pipeline.kafka.status import StageStatus, Throughput, snapshot
 
 
 def _table(statuses: dict[str, StageStatus], throughput: Throughput) -> Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from pipeline import admin
+from pipeline.kafka import admin
 from pipeline.commands.context import console, settings
 
 app = typer.Typer(help="Create and check the topics declared in topics.yaml.", no_args_is_help=True)

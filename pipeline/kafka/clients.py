@@ -8,6 +8,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Topology
+from pipeline.kafka.security import librdkafka_security
 
 # librdkafka's own log lines (connection retries, queue purges at close) go through Python logging, where
 # only warnings and errors are shown.
@@ -24,7 +25,9 @@ PRODUCER_DEFAULTS = {
 
 
 def _base(topology: Topology) -> dict:
-    return {**topology.kafka_config(), "logger": KAFKA_LOG}
+    """Settings shared by every confluent-kafka client of this topology (secrets read from the env now)."""
+    return {"bootstrap.servers": topology.kafka.bootstrap, **librdkafka_security(topology.kafka.security),
+            **topology.kafka.client, "logger": KAFKA_LOG}
 
 
 def admin(topology: Topology) -> AdminClient:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pipeline.avro import Codec, SchemaStore
+from pipeline.avro.schemas import Codec, SchemaStore
 from pipeline.config import Topology
 from pipeline.errors import ConfigError
 
@@ -26,7 +26,7 @@ def codec_for(topology: Topology, topic: str) -> Codec:
     store = schema_store(topology)
     if topology.framing == "single-object":
         return store.codec(spec.value_schema)
-    from pipeline.registry import ConfluentCodec, registry_client
+    from pipeline.avro.confluent import ConfluentCodec, registry_client
 
     assert topology.schema_registry is not None  # checked when the topology was loaded
     client = registry_client(topology.schema_registry.url)

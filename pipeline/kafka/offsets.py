@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from pipeline.clients import admin, consumer
+from pipeline.kafka.clients import admin, consumer
 from pipeline.config import Topology
 from pipeline.errors import KafkaUnavailable
 
@@ -95,3 +96,16 @@ def group_state(topology: Topology, group: str, timeout: float = 10) -> GroupSta
     except KafkaException as exc:
         raise KafkaUnavailable(f"describing group {group}: {exc}") from None
     return GroupState(desc.state.name, len(desc.members))
+
+
+def offsets_at(topology: Topology, topic: str, partitions: list[int], when: datetime) -> dict[int, int]:
+    """The first offset at or after `when` per partition (the broker's offsets-for-times); -1 where none."""
+    probe = consumer(topology, group="pipeline-offsets-probe")
+    ms = int(when.timestamp() * 1000)
+    try:
+        found = probe.offsets_for_times([TopicPartition(topic, p, ms) for p in partitions], timeout=15)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"offsets for times on {topic}: {exc}") from None
+    finally:
+        probe.close()
+    return {tp.partition: tp.offset for tp in found}

@@ -12,11 +12,11 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 
-from pipeline.avro import AvroError
-from pipeline.clients import consumer
+from pipeline.avro.schemas import AvroError
+from pipeline.kafka.clients import consumer
 from pipeline.config import Topology
 from pipeline.errors import KafkaUnavailable
-from pipeline.serde import codec_for
+from pipeline.avro.codecs import codec_for
 
 
 @dataclass

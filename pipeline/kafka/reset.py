@@ -11,10 +11,10 @@ from typing import Literal
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka import ConsumerGroupTopicPartitions
 
-from pipeline.clients import admin, consumer
+from pipeline.kafka.clients import admin, consumer
 from pipeline.config import Topology
 from pipeline.errors import KafkaUnavailable, PipelineError
-from pipeline.offsets import PartitionLag, group_state, stage_lag
+from pipeline.kafka.offsets import PartitionLag, group_state, offsets_at, stage_lag
 
 TargetKind = Literal["earliest", "latest", "datetime", "offset", "shift", "duration"]
 _DURATION = re.compile(r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$")
@@ -59,17 +59,6 @@ class ResetRow:
         return self.end - self.new
 
 
-def offsets_at(topology: Topology, topic: str, partitions: list[int], when: datetime) -> dict[int, int]:
-    """The first offset at or after `when` per partition (the broker's offsets-for-times); -1 where none."""
-    probe = consumer(topology, group="pipeline-offsets-probe")
-    ms = int(when.timestamp() * 1000)
-    try:
-        found = probe.offsets_for_times([TopicPartition(topic, p, ms) for p in partitions], timeout=15)
-    except KafkaException as exc:
-        raise KafkaUnavailable(f"offsets for times on {topic}: {exc}") from None
-    finally:
-        probe.close()
-    return {tp.partition: tp.offset for tp in found}
 
 
 def plan_reset(topology: Topology, stage: str, target: Target, partitions: list[int] | None = None) -> list[ResetRow]:

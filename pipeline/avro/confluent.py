@@ -10,7 +10,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 
-from pipeline.avro import BadMagic, CorruptRecord, SchemaVersion, UnknownSchema, check_record
+from pipeline.avro.schemas import BadMagic, CorruptRecord, SchemaVersion, UnknownSchema, check_record
 
 
 def registry_client(url: str, extra: dict[str, str] | None = None) -> SchemaRegistryClient:

@@ -1,33 +1,26 @@
-"""The stage runtime: a Faust app per stage that decodes, calls the stage, produces, and acks only after."""
+"""One batch from consumed bytes to acknowledged outputs: decode, process (bisecting poison), encode, produce, flush."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import faust
 from confluent_kafka import KafkaError, Message
 
-from pipeline import metrics
-from pipeline.avro import AvroError
-from pipeline.clients import producer
+from pipeline.avro.codecs import codec_for
+from pipeline.avro.schemas import AvroError
 from pipeline.config import Topology
-from pipeline.deadletter import error_headers
-from pipeline.devbroker import cache_home
-from pipeline.offsets import stage_lag
-from pipeline.security import faust_credentials
-from pipeline.serde import codec_for
-from pipeline.stage import Incoming, Reject, Result, Stage, TransientError, load_stage
+from pipeline.kafka.clients import producer
+from pipeline.kafka.dlq import error_headers
+from pipeline.runtime import metrics
+from pipeline.runtime.stage import Incoming, Reject, Result, Stage, TransientError
 
 log = logging.getLogger("pipeline.runtime")
 MAX_BACKOFF = 30.0
-LAG_INTERVAL = 5.0  # seconds between reads of the group's lag for /metrics
 
 
 class Stopping(Exception):
@@ -192,94 +185,3 @@ def isolate(process: Callable[[list[Incoming]], list[Result]], items: list[Incom
             return [Reject("stage-error", f"{type(exc).__name__}: {exc}")]
         mid = len(items) // 2
         return isolate(process, items[:mid], stage) + isolate(process, items[mid:], stage)
-
-
-def _json_page(app: faust.App, path: str, handler: Callable[[dict], dict], run: Callable) -> None:
-    class JsonView(faust.web.View):
-        async def post(self, request: faust.web.Request) -> faust.web.Response:
-            try:
-                body = await request.json()
-            except ValueError:
-                return self.json({"error": "the body must be JSON"}, status=400)
-            try:
-                return self.json(await run(handler, body))
-            except ValueError as exc:
-                return self.json({"error": str(exc)}, status=400)
-
-    app.page(path, name=path.strip("/").replace("/", "-"))(JsonView)
-
-
-def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.App:
-    """The Faust app of one stage: its own consumer group, no topic declarations, no leader topic."""
-    stage = load_stage(topology, stage_name)
-    spec = stage.spec
-    datadir = cache_home() / "faust" / spec.group
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        spec.group,
-        broker=[f"kafka://{host}" for host in topology.kafka.bootstrap.split(",")],
-        broker_credentials=faust_credentials(topology.kafka.security),
-        store="memory://",
-        topic_disable_leader=True,
-        topic_allow_declare=False,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        stream_wait_empty=False,
-        web_enabled=True,
-        web_port=spec.web_port + 100 * replica,
-        datadir=str(datadir),
-    )
-    topic = app.topic(spec.input, key_serializer="raw", value_serializer="raw", internal=False)
-    executor = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{stage_name}")
-    handler = BatchHandler(stage, topology)
-    ready = threading.Event()
-
-    async def in_thread(fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
-    @app.agent(topic, name=f"pipeline.{stage_name}")
-    async def run(stream: faust.StreamT) -> None:
-        if not ready.is_set():
-            await in_thread(stage.setup)
-            ready.set()
-        within = spec.batch.max_wait_ms / 1000
-        async for events in stream.noack_take(spec.batch.max_records, within=within):
-            raws = [Raw(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                        e.message.offset, int(e.message.timestamp * 1000)) for e in events]
-            job = asyncio.ensure_future(in_thread(handler.run_batch, raws))
-            try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                # Shutting down: finish the batch in hand and ack it, so the final commit includes it.
-                handler.stopping.set()
-                try:
-                    await job
-                except Stopping:
-                    raise asyncio.CancelledError() from None
-                for event in events:
-                    await stream.ack(event)
-                raise
-            for event in events:
-                await stream.ack(event)
-
-    @app.timer(interval=LAG_INTERVAL)
-    async def measure_lag() -> None:
-        """The group's lag per input partition, from the broker's offsets (off the event loop and the batch
-        thread: the admin calls block)."""
-        try:
-            rows = await asyncio.get_running_loop().run_in_executor(None, stage_lag, topology, stage_name)
-        except Exception as exc:  # noqa: BLE001 - a metric must never stop the stage
-            log.warning("stage %s: cannot read its lag: %s", stage_name, exc)
-            return
-        handler.m.set_lag({row.partition: row.lag for row in rows})
-
-    for path, route in stage.routes().items():
-        _json_page(app, path, route, in_thread)
-    metrics.add_pages(app, ready, handler.m)
-    return app
-
-
-def run_worker(topology: Topology, stage_name: str, replica: int = 0, loglevel: str = "info") -> None:
-    """Run one stage in this process until SIGTERM/SIGINT."""
-    app = build_app(topology, stage_name, replica)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -16,7 +16,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from pipeline import clients
+from pipeline.kafka import clients
 from pipeline.config import ResolvedTopic, Topology
 from pipeline.errors import KafkaUnavailable
 

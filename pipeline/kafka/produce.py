@@ -14,11 +14,11 @@ from typing import Any, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from pipeline.avro import AvroError
-from pipeline.clients import producer
+from pipeline.avro.schemas import AvroError
+from pipeline.kafka.clients import producer
 from pipeline.config import Topology
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.serde import codec_for, schema_store
+from pipeline.avro.codecs import codec_for, schema_store
 
 
 class BadLine(Exception):

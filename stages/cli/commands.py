@@ -13,7 +13,7 @@ from rich.table import Table
 from pipeline.commands.context import console, settings
 from pipeline.config import Topology
 from pipeline.errors import PipelineError
-from pipeline.stage import StageUnreachable, call_route
+from pipeline.runtime.routes import StageUnreachable, call_route
 from stages.classifier import quality, train_head
 from stages.model import DEFAULT_MODEL, encode, load_model, model_id
 from stages.store import StoreStage

@@ -9,13 +9,13 @@ from datetime import datetime
 
 from confluent_kafka import TopicPartition
 
-from pipeline.clients import consumer
+from pipeline.kafka.clients import consumer
 from pipeline.config import Topology
 from pipeline.errors import PipelineError
-from pipeline.offsets import topic_end_offsets
-from pipeline.replay import offsets_at
-from pipeline.runtime import BatchHandler, Raw
-from pipeline.stage import load_stage
+from pipeline.kafka.offsets import topic_end_offsets
+from pipeline.kafka.reset import offsets_at
+from pipeline.runtime.batch import BatchHandler, Raw
+from pipeline.runtime.stage import load_stage
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pipeline.config import Topology
-from pipeline.offsets import group_state, stage_lag, topic_end_offsets
+from pipeline.kafka.offsets import group_state, stage_lag, topic_end_offsets
 
 
 @dataclass(frozen=True)

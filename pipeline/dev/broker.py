@@ -16,19 +16,16 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline.errors import KafkaUnavailable, PipelineError
+from pipeline.paths import cache_home
 
 # The broker version the integration tests prove with confluent-kafka and faust-streaming/aiokafka.
 KAFKA_VERSION = "4.1.1"
 JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
 
 
-def cache_home() -> Path:
-    """Where downloaded jars and the dev broker's state live (outside the repo, kept between runs)."""
-    return Path(os.environ.get("PIPELINE_CACHE", Path.home() / ".cache" / "kafka-ai-pipeline"))
-
 
 def _resource(name: str) -> Path:
-    return Path(str(resources.files("pipeline") / "resources" / name))
+    return Path(str(resources.files("pipeline.dev") / "resources" / name))
 
 
 def _require(tool: str, what: str) -> str:

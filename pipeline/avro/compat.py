@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.avro import SchemaStore
+from pipeline.avro.schemas import SchemaStore
 
 PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 # Avro's schema resolution: writer type -> reader types it may be promoted to.

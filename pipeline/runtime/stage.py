@@ -79,31 +79,5 @@ def load_stage(topology: Topology, name: str) -> Stage:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"stages.{name}.impl: cannot load {spec.impl}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
-        raise ConfigError(f"stages.{name}.impl: {spec.impl} is not a pipeline.stage.Stage subclass")
+        raise ConfigError(f"stages.{name}.impl: {spec.impl} is not a pipeline.Stage subclass")
     return cls(name, spec, topology)
-
-
-class StageUnreachable(Exception):
-    """No stage worker answered on its web port."""
-
-
-def call_route(topology: Topology, stage: str, path: str, body: dict[str, Any] | None = None,
-               host: str = "127.0.0.1", timeout: float = 30) -> Any:
-    """POST a JSON body to a running stage's route (replica 0) and return its JSON answer; with no body,
-    GET the page and return its text."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    url = f"http://{host}:{topology.stages[stage].web_port}{path}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            text = response.read()
-    except urllib.error.HTTPError as exc:
-        raise StageUnreachable(f"{url}: HTTP {exc.code} {exc.read()[:300]!r}") from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        raise StageUnreachable(f"{url}: {exc}") from None
-    return text.decode() if body is None else json.loads(text)

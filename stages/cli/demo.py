@@ -11,17 +11,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline import admin
+from pipeline.kafka import admin
 from pipeline.commands.context import console, settings
 from pipeline.config import Topology
-from pipeline.devbroker import DevBroker
+from pipeline.dev.broker import DevBroker
 from pipeline.errors import PipelineError
-from pipeline.metrics import scrape
-from pipeline.offsets import stage_lag, topic_end_offsets
-from pipeline.produce import produce_file
-from pipeline.stage import StageUnreachable, call_route
-from pipeline.supervisor import Supervisor, worker_command
-from stages.commands import search_store, embed_query
+from pipeline.runtime.metrics import scrape
+from pipeline.kafka.offsets import stage_lag, topic_end_offsets
+from pipeline.kafka.produce import produce_file
+from pipeline.runtime.routes import StageUnreachable, call_route
+from pipeline.runtime.supervisor import Supervisor, worker_command
+from stages.cli.commands import search_store, embed_query
 
 SAMPLE = Path(__file__).parent / "data" / "sample.jsonl"
 
