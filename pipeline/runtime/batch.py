@@ -9,13 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
-
 from pipeline.avro.codecs import codec_for
 from pipeline.avro.schemas import AvroError
 from pipeline.config import Topology
-from pipeline.kafka.clients import producer
 from pipeline.kafka.dlq import error_headers
+from pipeline.kafka.sender import Sender
 from pipeline.runtime import metrics
 from pipeline.runtime.stage import Incoming, Reject, Result, Stage, TransientError
 
@@ -56,10 +54,9 @@ class BatchHandler:
         self.in_codec = codec_for(topology, spec.input)
         self.out_codec = codec_for(topology, spec.output) if spec.output else None
         self.out_key_field = topology.topic(spec.output).key_field if spec.output else None
-        self.producer = producer(topology)
+        self.sender = Sender(topology)
         self.stopping = threading.Event()
         self.chunk: int | None = None  # set after an out-of-memory error: process at most this many at once
-        self._delivery_errors: list[str] = []
         self.m = metrics.StageMetrics(stage.name)
 
     def run_batch(self, raws: list[Raw]) -> None:
@@ -134,31 +131,17 @@ class BatchHandler:
 
     def _send(self, sends: list[tuple[bytes | None, bytes]], dead: list[Dead]) -> None:
         """Produce outputs and dead letters, then wait until the broker acknowledged every one of them."""
-        self._delivery_errors.clear()
         spec = self.stage.spec
         for key, value in sends:
-            self._produce(spec.output, key, value, None)
+            self.sender.send(spec.output, value, key)
         for d in dead:
             headers = error_headers(self.stage.name, d.reason, d.error_class, d.message,
                                     d.raw.topic, d.raw.partition, d.raw.offset)
-            self._produce(spec.dead_letter, d.raw.key, d.raw.value, headers)
-        left = self.producer.flush(30)
-        if left or self._delivery_errors:
-            errors = "; ".join(self._delivery_errors[:3])
-            raise TransientError(f"{left} record(s) unacknowledged, {len(self._delivery_errors)} failed: {errors}")
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list | None) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
-
+            self.sender.send(spec.dead_letter, d.raw.value, d.raw.key, headers)
+        barrier = self.sender.flush(30)
+        if not barrier.ok:
+            errors = "; ".join(str(f) for f in barrier.failures[:3])
+            raise TransientError(f"{barrier.unacked} record(s) unacknowledged, {len(barrier.failures)} failed: {errors}")
 
 def ingest_time_ms(item: Incoming) -> int:
     """When the record's source entered the pipeline: its lineage.ingest_time_ms where it carries one."""
