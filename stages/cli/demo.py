@@ -23,7 +23,7 @@ from pipeline.runtime.routes import StageUnreachable, call_route
 from pipeline.runtime.supervisor import Supervisor, worker_command
 from stages.cli.commands import search_store, embed_query
 
-SAMPLE = Path(__file__).parent / "data" / "sample.jsonl"
+SAMPLE = Path(__file__).parents[1] / "data" / "sample.jsonl"
 
 
 def _pending(topology: Topology) -> tuple[int, int]:
