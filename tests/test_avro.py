@@ -109,7 +109,8 @@ SINGLE_OBJECT_FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("fault, corrupt, error, phrases", SINGLE_OBJECT_FAULTS, ids=[f[0] for f in SINGLE_OBJECT_FAULTS])
+@pytest.mark.parametrize("fault, corrupt, error, phrases", SINGLE_OBJECT_FAULTS,
+                         ids=[f[0] for f in SINGLE_OBJECT_FAULTS])
 def test_each_single_object_decode_reason(store: SchemaStore, fault, corrupt, error, phrases) -> None:
     with pytest.raises(AvroError) as caught:
         store.codec(NS + "Passage").decode(corrupt(PASSAGE_BYTES))
