@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.kafka import admin
 from pipeline.dev import sandbox
-from pipeline.kafka.clients import producer
+from pipeline.kafka.sender import Sender
 from pipeline.config import Topology
 from pipeline.dev.broker import DevBroker
 from pipeline.errors import PipelineError
@@ -60,18 +60,14 @@ class Bench:
         """Produce `records` to `topic` (Avro, keyed as the topic says) and wait until all are acknowledged."""
         codec = codec_for(topology, topic)
         key_field = topology.topic(topic).key_field
-        kafka = producer(topology)
+        sender = Sender(topology)
         for record in records:
             key = str(record[key_field]).encode() if key_field else None
-            while True:
-                try:
-                    kafka.produce(topic, codec.encode(record, validate=False), key)
-                    break
-                except BufferError:
-                    kafka.poll(0.05)
-            kafka.poll(0)
-        if kafka.flush(60):
-            raise PipelineError(f"records to {topic} not acknowledged within 60 s")
+            sender.send(topic, codec.encode(record, validate=False), key)
+        barrier = sender.flush(60)
+        if not barrier.ok:
+            raise PipelineError(f"records to {topic}: {barrier.unacked} not acknowledged within 60 s, "
+                                f"{len(barrier.failures)} failed")
 
     def start(self, path: Path, stage: str, name: str | None = None) -> None:
         logs = self.workdir / "logs"

@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from bench.harness import Bench
-from pipeline.kafka.clients import consumer, producer
+from pipeline.kafka.clients import consumer
+from pipeline.kafka.sender import Sender
 from pipeline.runtime.metrics import quantile, scrape
 from pipeline.avro.codecs import codec_for
 from pipeline.runtime.routes import call_route
@@ -47,7 +48,7 @@ def naive_baseline(bench: Bench, passages: list[dict[str, Any]], model: str) -> 
     st = load_model(model, bench.device)
     encode(st, ["warm up"], batch_size=1)
     decode, out = codec_for(topology, spec.input), codec_for(topology, spec.output)
-    source, sink = consumer(topology, spec.group), producer(topology)
+    source, sink = consumer(topology, spec.group), Sender(topology)
     source.subscribe([spec.input])
     mid = model_id(model)
     done, started = 0, None
@@ -60,8 +61,7 @@ def naive_baseline(bench: Bench, passages: list[dict[str, Any]], model: str) -> 
             record = decode.decode(msg.value())
             vector = encode(st, [record["text"]], batch_size=1)[0]
             record.update(model_id=mid, dim=int(vector.shape[0]), vector=to_bytes(vector))
-            sink.produce(spec.output, out.encode(record, validate=False), msg.key())
-            sink.poll(0)
+            sink.send(spec.output, out.encode(record, validate=False), msg.key())
             done += 1
         sink.flush(30)
         seconds = time.perf_counter() - started
@@ -130,7 +130,7 @@ def _latency_buckets(topology: Any) -> dict[float, float]:
 def _steady(bench: Bench, topology: Any, topic: str, docs: list[tuple[dict[str, Any], int]], rate: float,
             seconds: float) -> int:
     """Produce documents in order at `rate` per second for `seconds`; the passages they will make."""
-    codec, kafka = codec_for(topology, topic), producer(topology)
+    codec, sender = codec_for(topology, topic), Sender(topology)
     started = time.monotonic()
     passages = 0
     for i, (doc, count) in enumerate(docs):
@@ -138,8 +138,7 @@ def _steady(bench: Bench, topology: Any, topic: str, docs: list[tuple[dict[str, 
         if due - started > seconds:
             break
         time.sleep(max(0.0, due - time.monotonic()))
-        kafka.produce(topic, codec.encode(doc, validate=False), doc["doc_id"].encode())
-        kafka.poll(0)
+        sender.send(topic, codec.encode(doc, validate=False), doc["doc_id"].encode())
         passages += count
-    kafka.flush(30)
+    sender.flush(30)
     return passages

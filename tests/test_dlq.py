@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.kafka.clients import producer
 from pipeline.config import load_topology
-from pipeline.kafka.dlq import REDRIVEN_FROM, dead_letters
+from pipeline.kafka.dlq import REDRIVEN_FROM, dead_letters, error_headers, redrive
 from tests.conftest import lag, run_cli, start_stage, wait_for
 
 
@@ -83,3 +83,32 @@ def test_dead_letters_show_and_redrive(topology, tmp_path: Path) -> None:
                       long[0]["value"]["lineage"]["offset"])
     assert back.value() == redriven_copy.value and back.key() == redriven_copy.key  # byte-exact
     assert dict(back.headers())[REDRIVEN_FROM].startswith(topo.stages["preprocess"].dead_letter.encode())
+
+
+def test_redrive_more_letters_than_the_producers_queue_holds(topology) -> None:
+    path, topo = topology
+    assert run_cli("-c", str(path), "topics", "apply").returncode == 0
+    spec = topo.stages["embed"]
+    kafka = producer(topo)
+    letters = [(f"k-{i}".encode(), bytes([i % 256]) * (i % 50) + f"v-{i}".encode()) for i in range(300)]
+    letters.append((None, None))  # a tombstone dead-lettered as empty-value comes back as a tombstone
+    for n, (key, value) in enumerate(letters):
+        kafka.produce(spec.dead_letter, key=key, value=value,
+                      headers=error_headers("embed", "bad-magic", "BadMagic", "test", spec.input, 0, n))
+    assert kafka.flush(30) == 0
+
+    found = dead_letters(topo, "embed")
+    assert len(found) == len(letters)
+    # The producer's local queue holds 20 messages here: without back-pressure the 21st produce() fails.
+    assert redrive(topo, "embed", found, **{"queue.buffering.max.messages": 20}) == len(letters)
+    probe = Consumer({"bootstrap.servers": topo.kafka.bootstrap, "group.id": "test-redrive-read"})
+    probe.assign([TopicPartition(spec.input, p, 0) for p in range(topo.topic(spec.input).partitions)])
+    back = []
+    while len(back) < len(letters):
+        batch = probe.consume(500, 10)
+        assert batch, f"only {len(back)} of {len(letters)} redriven records arrived"
+        back += [m for m in batch if not m.error()]
+    probe.close()
+    assert sorted(((m.key(), m.value()) for m in back), key=repr) == sorted(letters, key=repr)  # byte-exact
+    origins = {dict(m.headers())[REDRIVEN_FROM] for m in back}
+    assert origins == {f"{spec.dead_letter}/0/{d.offset}".encode() for d in found}

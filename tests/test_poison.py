@@ -40,15 +40,16 @@ def _corpus(topo, raw_topic: str) -> tuple[list[tuple[str, bytes | None, bytes |
                                                                   "ingest_time_ms": 0}})
     bad = [
         ("bad-magic", b"k1", bytes(range(256))),                        # random bytes
-        ("bad-magic", b"k2", b""),                                       # empty value
-        ("bad-magic", b"k3", None),                                      # tombstone
+        ("empty-value", b"k2", b""),                                     # empty value
+        ("empty-value", b"k3", None),                                    # tombstone
         ("bad-magic", b"k4", b"\xc3\x02" + valid[2:]),                   # wrong magic
         ("bad-magic", b"k5", b'{"doc_id": "json", "text": "not avro"}'),  # JSON instead of Avro
         ("unknown-schema", b"k6", MAGIC + b"\x01" * 8 + valid[10:]),     # unknown fingerprint
-        ("unknown-schema", b"k7", wrong_type),                           # a record of another type
+        ("wrong-type", b"k7", wrong_type),                               # a record of another type
         ("corrupt-record", b"k8", valid[:-3]),                           # truncated Avro
         ("corrupt-record", b"k9", valid + b"\x00\x01"),                  # trailing bytes
         ("corrupt-record", b"k10", bad_utf8),                            # invalid UTF-8 in a string field
+        ("truncated-header", b"k12", MAGIC),                             # the magic and nothing else
         ("corrupt-record", b"k11", MAGIC + valid[2:10] + b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"),
         ("empty-text", b"e1", enc("e1", "")),                            # schema-valid, empty text
         ("empty-text", b"e2", enc("e2", " \t\n\r  \u00a0 ")),            # only whitespace

@@ -26,15 +26,39 @@ class AvroError(PipelineError):
     reason = "avro-error"
 
 
+class EmptyValue(AvroError):
+    """The value is null (a tombstone) or 0 bytes long."""
+
+    reason = "empty-value"
+
+
+class TruncatedHeader(AvroError):
+    """The value starts like the framing's header but ends before the header does."""
+
+    reason = "truncated-header"
+
+
 class BadMagic(AvroError):
+    """The value does not start with the framing's magic bytes."""
+
     reason = "bad-magic"
 
 
 class UnknownSchema(AvroError):
+    """The schema fingerprint (or registry schema id) is not one this pipeline knows."""
+
     reason = "unknown-schema"
 
 
+class WrongType(AvroError):
+    """A known schema, but of another record type than the topic carries."""
+
+    reason = "wrong-type"
+
+
 class CorruptRecord(AvroError):
+    """The header is fine but the body is not a record of its schema (cut short, garbled, trailing bytes)."""
+
     reason = "corrupt-record"
 
 
@@ -160,28 +184,59 @@ class SingleObjectCodec:
         return out.getvalue()
 
     def decode(self, data: bytes) -> dict[str, Any]:
-        if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
-            head = (data or b"")[:2].hex() or "empty"
-            raise BadMagic(
-                f"not Avro single-object encoded (starts with {head}, expected c301); "
-                "was it produced by `pipeline produce` or a stage?"
-            )
-        found = self.store.by_fingerprint.get(data[2:HEADER_SIZE])
+        check_header(data, MAGIC, HEADER_SIZE, "Avro single-object encoding",
+                     f"magic {MAGIC.hex()} + 8-byte schema fingerprint")
+        fingerprint_ = data[len(MAGIC):HEADER_SIZE]
+        found = self.store.by_fingerprint.get(fingerprint_)
         if found is None:
             raise UnknownSchema(
-                f"unknown schema fingerprint {data[2:HEADER_SIZE].hex()}: add the writer's "
-                f".avsc to {self.store.folder}"
+                f"unknown schema fingerprint {fingerprint_.hex()}: no schema in {self.store.folder} has it; "
+                f"add the writer's .avsc there"
             )
         if found.name != self.name:
-            raise UnknownSchema(f"record is a {found.name}, this topic carries {self.name}")
+            raise WrongType(f"record is a {found.name} (v{found.version}, fingerprint {fingerprint_.hex()}), "
+                            f"this topic carries {self.name}")
         body = io.BytesIO(data)
         body.seek(HEADER_SIZE)
         reader = None if found is self.writer else self.writer.parsed
         try:
             record = schemaless_reader(body, found.parsed, reader)
         except Exception as exc:  # truncated or garbled bodies fail in many ways inside fastavro
-            raise CorruptRecord(f"corrupt {self.name} body (v{found.version}): {type(exc).__name__}: {exc}") from None
+            raise CorruptRecord(f"corrupt {self.name} body (v{found.version}, {len(data) - HEADER_SIZE} byte(s) "
+                                f"after the header): {type(exc).__name__}: {exc}") from None
         left = len(data) - body.tell()
         if left:
-            raise CorruptRecord(f"{left} unexpected trailing byte(s) after a {self.name} record")
+            raise CorruptRecord(f"{left} unexpected trailing byte(s) after a {self.name} record (v{found.version}): "
+                                f"the record ends at byte {body.tell()} of {len(data)}")
         return record
+
+
+def _hint(data: bytes) -> str:
+    """What a value with the wrong magic looks like, when that is easy to tell."""
+    if data[:1] == b"\x00":
+        return "; it looks like Schema Registry framing (00 + schema id): set `framing: confluent` in topics.yaml"
+    if data[:2] == MAGIC:
+        return "; it looks like Avro single-object encoding: set `framing: single-object` in topics.yaml"
+    if data.lstrip()[:1] in (b"{", b"["):
+        return "; it looks like JSON text, not Avro"
+    return ""
+
+
+def check_header(data: bytes | None, magic: bytes, size: int, framing: str, layout: str) -> None:
+    """Raise EmptyValue, TruncatedHeader or BadMagic, each saying what was found, unless `data` starts with a
+    whole header of `size` bytes beginning with `magic`."""
+    if data is None:
+        raise EmptyValue(f"null value (a tombstone): expected a record in {framing} ({layout} + Avro body)")
+    if not data:
+        raise EmptyValue(f"empty value (0 bytes): expected a record in {framing} ({layout} + Avro body)")
+    head = data[:len(magic)]
+    if head != magic[:len(head)]:
+        raise BadMagic(
+            f"not in {framing}: starts with {data[:8].hex()}{'...' if len(data) > 8 else ''} "
+            f"({len(data)} byte(s)), expected magic {magic.hex()}{_hint(data)}; "
+            "was it produced by `pipeline produce` or a stage?"
+        )
+    if len(data) < size:
+        raise TruncatedHeader(
+            f"truncated header: {len(data)} byte(s) ({data.hex()}), a {framing} header needs {size} ({layout})"
+        )

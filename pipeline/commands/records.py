@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,16 +22,30 @@ def produce(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad line."),
     max_errors: int = typer.Option(20, help="How many rejected lines to list."),
 ) -> None:
-    """Validate each record against the topic's schema and produce it keyed by its id (acks=all)."""
+    """Validate each record against the topic's schema and produce it keyed by its id (acks=all). Bad lines are
+    listed and skipped; on Ctrl-C or an error, what was sent is flushed and reported."""
     topology = settings(ctx).topology()
     columns = [TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
+    progress = Progress(*columns, console=console, transient=True)
+    # Ctrl-C must reach the main thread, where it interrupts a blocked read of stdin: the progress bar's
+    # refresh thread is started with SIGINT blocked.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        progress.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    with progress:
         task = progress.add_task("produce", total=None)
         report = produce_file(
             topology, topic, source, fmt, strict,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     _print_report(report, max_errors)
+    if report.empty:
+        console.print(f"[yellow]warning:[/] {escape(source)} holds no records; nothing was sent")
+        return
+    if report.interrupted:
+        raise typer.Exit(130)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -40,11 +56,22 @@ def _print_report(report: ProduceReport, max_errors: int) -> None:
     if len(report.rejected) > max_errors:
         console.print(f"... and {len(report.rejected) - max_errors} more rejected line(s)")
     for failure in report.failed[:max_errors]:
-        console.print(f"[red]not delivered:[/] {escape(failure)}")
+        console.print(f"[red]not delivered:[/] {escape(failure)}", highlight=False)
+    if len(report.failed) > max_errors:
+        console.print(f"... and {len(report.failed) - max_errors} more record(s) not delivered")
+    if report.unconfirmed:
+        console.print(f"[red]not confirmed:[/] {report.unconfirmed} record(s) were handed to the producer but not "
+                      "acknowledged when it stopped waiting; they may or may not be on the topic", highlight=False)
+    if report.interrupted:
+        console.print(f"[yellow]interrupted:[/] stopped reading after line {report.last_line}; every record "
+                      "counted as sent below is on the topic", highlight=False)
+    if report.error:
+        console.print(f"[red]stopped by an unexpected error after line {report.last_line}:[/] "
+                      f"{escape(report.error)}; every record counted as sent below is on the topic", highlight=False)
     rate = report.sent / report.seconds if report.seconds else 0.0
     table = Table("sent", "rejected", "not delivered", "records/s", "per partition", title=f"produced to {report.topic}")
     partitions = ", ".join(f"{p}: {n}" for p, n in sorted(report.per_partition.items())) or "-"
-    table.add_row(str(report.sent), str(len(report.rejected)), str(len(report.failed)), f"{rate:,.0f}", partitions)
+    table.add_row(str(report.sent), str(len(report.rejected)), str(report.not_delivered), f"{rate:,.0f}", partitions)
     console.print(table)
 
 

@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.kafka.clients import producer
+from confluent_kafka import KafkaException
+
 from pipeline.config import Topology
 from pipeline.kafka.consume import consume
 from pipeline.errors import KafkaUnavailable
+from pipeline.kafka.sender import Sender
 
 REDRIVEN_FROM = "pipeline.redriven-from"
 
@@ -65,24 +67,24 @@ def dead_letters(topology: Topology, stage: str) -> list[DeadLetter]:
 
 
 def redrive(topology: Topology, stage: str, letters: list[DeadLetter],
-            on_progress: Callable[[int], None] | None = None) -> int:
+            on_progress: Callable[[int], None] | None = None, **producer_overrides: object) -> int:
     """Put the letters' original key and value bytes back on the stage's input; returns how many were acked."""
     spec = topology.stages[stage]
-    kafka = producer(topology)
-    failures: list[str] = []
-
-    def delivered(err, msg) -> None:
-        if err is not None:
-            failures.append(err.str())
-
+    sender = Sender(topology, **producer_overrides)
+    refused: list[str] = []
     for n, letter in enumerate(letters, start=1):
-        origin = f"{spec.dead_letter}/{letter.partition}/{letter.offset}".encode()
-        kafka.produce(spec.input, key=letter.key, value=letter.value, headers=[(REDRIVEN_FROM, origin)],
-                      on_delivery=delivered)
-        kafka.poll(0)
+        origin = f"{spec.dead_letter}/{letter.partition}/{letter.offset}"
+        try:
+            sender.send(spec.input, letter.value, letter.key, headers=[(REDRIVEN_FROM, origin.encode())],
+                        tag=origin)
+        except KafkaException as exc:  # refused by the producer itself, e.g. over message.max.bytes
+            refused.append(f"{origin}: {exc.args[0].str()}")
         if on_progress:
             on_progress(n)
-    left = kafka.flush(60)
-    if left or failures:
-        raise KafkaUnavailable(f"redrive: {left} unacknowledged, {len(failures)} failed ({'; '.join(failures[:3])})")
-    return len(letters)
+    barrier = sender.flush(60)
+    failed = refused + [f"{f.tag}: {f.error.str()}" for f in barrier.failures]
+    if failed or barrier.unacked:
+        raise KafkaUnavailable(f"redrive: {sender.acked} of {len(letters)} acknowledged, {barrier.unacked} "
+                               f"unacknowledged after 60 s, {len(failed)} failed ({'; '.join(failed[:3])}); "
+                               "redriving again may duplicate the acknowledged ones (use --where to narrow)")
+    return sender.acked
