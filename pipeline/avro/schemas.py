@@ -238,5 +238,5 @@ def check_header(data: bytes | None, magic: bytes, size: int, framing: str, layo
         )
     if len(data) < size:
         raise TruncatedHeader(
-            f"truncated header: {len(data)} byte(s) ({data.hex()}), a {framing} header needs {size} ({layout})"
+            f"truncated header: {len(data)} byte(s) ({data.hex()}), the {framing} header needs {size} ({layout})"
         )

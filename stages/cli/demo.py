@@ -79,8 +79,11 @@ def demo(
         dead_before = _dead_letters(topology)
         started = time.perf_counter()
         report = produce_file(topology, topology.stages["preprocess"].input, str(sample))
+        if report.interrupted:
+            raise KeyboardInterrupt
         if not report.ok:
-            raise PipelineError(f"{len(report.rejected)} sample line(s) rejected: {report.rejected[:3]}")
+            raise PipelineError(f"sample not sent whole: {len(report.rejected)} line(s) rejected "
+                                f"{report.rejected[:3]}, {len(report.not_delivered)} not delivered")
         columns = [TextColumn("processing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("stages", total=None)
