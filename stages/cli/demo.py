@@ -83,7 +83,7 @@ def demo(
             raise KeyboardInterrupt
         if not report.ok:
             raise PipelineError(f"sample not sent whole: {len(report.rejected)} line(s) rejected "
-                                f"{report.rejected[:3]}, {len(report.not_delivered)} not delivered")
+                                f"{report.rejected[:3]}, {report.not_delivered} not delivered")
         columns = [TextColumn("processing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("stages", total=None)
