@@ -25,16 +25,19 @@ JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError
 
 
 def resource(name: str) -> Path:
+    """A file shipped in pipeline/dev/resources."""
     return Path(str(resources.files("pipeline.dev") / "resources" / name))
 
 
-def require(tool: str, what: str) -> str:
+SKIP_LOCAL = "Or skip the local broker and point at an existing cluster with --bootstrap HOST:PORT " \
+             "(or KAFKA_BOOTSTRAP=HOST:PORT)."
+
+
+def require(tool: str, what: str, alternative: str = SKIP_LOCAL) -> str:
+    """The path of program TOOL, or an error that says what it is for and how to get it."""
     path = shutil.which(tool)
     if path is None:
-        raise PipelineError(
-            f"`{tool}` not found: {what}. Or skip the local broker and point at an existing "
-            "cluster with --bootstrap HOST:PORT (or KAFKA_BOOTSTRAP=HOST:PORT)."
-        )
+        raise PipelineError(f"`{tool}` not found: {what}. {alternative}".rstrip())
     return path
 
 

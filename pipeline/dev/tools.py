@@ -32,6 +32,8 @@ TOOLS = {
     "topics": "org.apache.kafka.tools.TopicCommand",
     "transactions": "org.apache.kafka.tools.TransactionsCommand",
 }
+# Tools whose --bootstrap-server belongs after their subcommand (kafka-cluster cluster-id --bootstrap-server ...).
+SUBCOMMAND_FIRST = {"cluster"}
 # The heap Kafka's kafka-run-class.sh gives its tools (KAFKA_HEAP_OPTS).
 TOOL_JVM_OPTS = ["-Xmx256m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 
@@ -53,16 +55,24 @@ def fetch_tools(version: str = KAFKA_VERSION) -> Path:
                        skip={jar.name for jar in libs.glob("*.jar")})
 
 
+def with_bootstrap(tool: str, args: list[str], bootstrap: str) -> list[str]:
+    """ARGS with `--bootstrap-server BOOTSTRAP` where TOOL expects it, unless they name a server already."""
+    if any(a.split("=", 1)[0] in ("--bootstrap-server", "--bootstrap-controller") for a in args):
+        return args
+    if tool in SUBCOMMAND_FIRST:
+        if not args or args[0].startswith("-"):
+            return args  # no subcommand: the tool prints its usage
+        return [args[0], "--bootstrap-server", bootstrap, *args[1:]]
+    return ["--bootstrap-server", bootstrap, *args]
+
+
 def tool_command(tool: str, args: list[str], bootstrap: str, version: str = KAFKA_VERSION) -> list[str]:
-    """The java command line that runs TOOL with ARGS against `bootstrap` (added as --bootstrap-server unless
-    ARGS name a server or controller already). Fetches the tools first if needed."""
+    """The java command line that runs TOOL with ARGS against `bootstrap`; fetches the tools first if needed."""
     if tool not in TOOLS:
         raise PipelineError(f"unknown Kafka tool '{tool}'; choose one of: {', '.join(TOOLS)}")
-    java = require("java", "a Java 17+ runtime runs Kafka's tools (apt-get install openjdk-17-jre-headless)")
+    java = require("java", "a Java 17+ runtime runs Kafka's tools (apt-get install openjdk-17-jre-headless)", "")
     tools = fetch_tools(version)
-    given = any(a.split("=", 1)[0] in ("--bootstrap-server", "--bootstrap-controller") for a in args)
     return [
         java, *TOOL_JVM_OPTS, f"-Dlog4j2.configurationFile={resource('tools-log4j2.properties')}",
-        "-cp", f"{fetch_jars(version)}/*:{tools}/*", TOOLS[tool],
-        *([] if given else ["--bootstrap-server", bootstrap]), *args,
+        "-cp", f"{fetch_jars(version)}/*:{tools}/*", TOOLS[tool], *with_bootstrap(tool, args, bootstrap),
     ]
