@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.deploy.render import GRACE_SECONDS
 from pipeline.errors import ConfigError
 from pipeline.runtime import outage
 from pipeline.runtime.metrics import scrape
@@ -93,6 +94,7 @@ def test_pending_task_errors_are_dropped_only_when_stopping(watch: BrokerWatch) 
 def test_shutdown_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIPELINE_SHUTDOWN_TIMEOUT", raising=False)
     assert shutdown_timeout() == 25.0
+    assert shutdown_timeout() <= GRACE_SECONDS / 2  # room left for the final commit and the process's exit
     monkeypatch.setenv("PIPELINE_SHUTDOWN_TIMEOUT", "7.5")
     assert shutdown_timeout() == 7.5
     for bad in ("soon", "0", "-3"):

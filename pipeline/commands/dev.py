@@ -10,7 +10,7 @@ import typer
 
 from pipeline.commands.context import console, out, settings
 from pipeline.dev.broker import KAFKA_VERSION, DevBroker, admin_ready
-from pipeline.dev.tools import TOOLS, tool_command, tools_fetched
+from pipeline.dev.tools import TOOLS, fetch_tools, tool_command, tools_dir, tools_fetched
 from pipeline.errors import PipelineError
 
 app = typer.Typer(help="Run a real single-node Kafka broker locally (KRaft, fetched from Maven Central).",
@@ -106,10 +106,11 @@ def kafka(
     s = settings(ctx)
     bootstrap = s.bootstrap or s.topology().kafka.bootstrap
     if not tools_fetched():
-        with console.status(f"downloading Kafka's command-line tools (org.apache.kafka:kafka-tools:{KAFKA_VERSION},"
-                            " about 12 MB) through Maven, once ..."):
-            command = tool_command(tool, ctx.args, bootstrap)
-    else:
-        command = tool_command(tool, ctx.args, bootstrap)
+        console.print(f"downloading Kafka's command-line tools (org.apache.kafka:kafka-tools:{KAFKA_VERSION}) "
+                      f"through Maven into {tools_dir()}, once ...")
+        started = time.monotonic()
+        fetch_tools()
+        console.print(f"fetched in {time.monotonic() - started:.0f} s")
+    command = tool_command(tool, ctx.args, bootstrap)
     # The tool takes this process's place: its output, its Ctrl-C handling and its exit status are the command's.
     os.execv(command[0], command)

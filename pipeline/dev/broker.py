@@ -68,6 +68,9 @@ def maven_fetch(pom: Path, dest: Path, version: str, marker_jar: str, what: str,
     for name in skip:
         (tmp / name).unlink(missing_ok=True)
     (tmp / ".complete").write_text(version)
+    if (dest / ".complete").exists():  # another process finished the same fetch meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return dest
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
