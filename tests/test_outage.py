@@ -26,7 +26,8 @@ def _record(message: str, name: str = "aiokafka.conn") -> logging.LogRecord:
 
 
 REFUSED = "Unable connect to node with id 1: [Errno 111] Connect call failed ('127.0.0.1', 9092)"
-RDKAFKA = "FAIL [rdkafka#producer-1] 127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+RDKAFKA = ("FAIL [rdkafka#producer-1] 127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: "
+           "Connection refused (after 0ms in state CONNECT)")
 
 
 class Fake:
@@ -81,6 +82,10 @@ def test_state_changes_are_logged_once_and_errors_summarised(watch: BrokerWatch,
     fake.now += 60
     watch.check()
     assert len(_lines(caplog)) == 3  # up and nothing suppressed: quiet
+
+
+def test_bootstrap_addresses_are_parsed() -> None:
+    assert outage._addresses("a:1, b:2,c,[::1]:3") == [("a", 1), ("b", 2), ("c", 9092), ("::1", 3)]
 
 
 def test_pending_task_errors_are_dropped_only_when_stopping(watch: BrokerWatch) -> None:

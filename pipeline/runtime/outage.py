@@ -51,10 +51,14 @@ def shutdown_timeout() -> float:
 
 
 def _addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """HOST:PORT,... as (host, port) pairs; a missing port is Kafka's 9092."""
     found = []
     for item in bootstrap.split(","):
-        host, _, port = item.strip().rpartition(":")
-        found.append((host.strip("[]") or "127.0.0.1", int(port or 9092)))
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = port, "9092"
+        if port.isdigit():
+            found.append((host.strip("[]") or "127.0.0.1", int(port)))
     return found
 
 
