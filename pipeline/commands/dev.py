@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 
 import typer
 
-from pipeline.commands.context import console, out
+from pipeline.commands.context import console, out, settings
 from pipeline.dev.broker import KAFKA_VERSION, DevBroker, admin_ready
+from pipeline.dev.tools import TOOLS, fetch_tools, tool_command, tools_dir, tools_fetched
+from pipeline.errors import PipelineError
 
 app = typer.Typer(help="Run a real single-node Kafka broker locally (KRaft, fetched from Maven Central).",
                   no_args_is_help=True)
@@ -84,3 +87,30 @@ def logs(
                     time.sleep(0.3)
         except KeyboardInterrupt:
             pass
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def kafka(
+    ctx: typer.Context,
+    tool: str = typer.Argument(None, help=f"One of: {', '.join(TOOLS)}.", show_default=False),
+) -> None:
+    """Run one of Kafka's own tools against the broker, e.g. `pipeline dev kafka consumer-groups --describe
+    --group pipeline-embed`; the rest of the line goes to the tool (try `TOOL --help`). The bootstrap address
+    comes from --bootstrap, KAFKA_BOOTSTRAP or topics.yaml, unless you give --bootstrap-server. Kafka's tools
+    (org.apache.kafka:kafka-tools) are downloaded through Maven on first use. Exits with the tool's status."""
+    if tool in (None, "-h", "--help"):
+        out.print(ctx.get_help(), markup=False, highlight=False)
+        return
+    if tool not in TOOLS:
+        raise PipelineError(f"unknown Kafka tool '{tool}'; choose one of: {', '.join(TOOLS)}")
+    s = settings(ctx)
+    bootstrap = s.bootstrap or s.topology().kafka.bootstrap
+    if not tools_fetched():
+        console.print(f"downloading Kafka's command-line tools (org.apache.kafka:kafka-tools:{KAFKA_VERSION}) "
+                      f"through Maven into {tools_dir()}, once ...")
+        started = time.monotonic()
+        fetch_tools()
+        console.print(f"fetched in {time.monotonic() - started:.0f} s")
+    command = tool_command(tool, ctx.args, bootstrap)
+    # The tool takes this process's place: its output, its Ctrl-C handling and its exit status are the command's.
+    os.execv(command[0], command)

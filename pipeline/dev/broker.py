@@ -24,43 +24,56 @@ JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError
 
 
 
-def _resource(name: str) -> Path:
+def resource(name: str) -> Path:
+    """A file shipped in pipeline/dev/resources."""
     return Path(str(resources.files("pipeline.dev") / "resources" / name))
 
 
-def _require(tool: str, what: str) -> str:
+SKIP_LOCAL = "Or skip the local broker and point at an existing cluster with --bootstrap HOST:PORT " \
+             "(or KAFKA_BOOTSTRAP=HOST:PORT)."
+
+
+def require(tool: str, what: str, alternative: str = SKIP_LOCAL) -> str:
+    """The path of program TOOL, or an error that says what it is for and how to get it."""
     path = shutil.which(tool)
     if path is None:
-        raise PipelineError(
-            f"`{tool}` not found: {what}. Or skip the local broker and point at an existing "
-            "cluster with --bootstrap HOST:PORT (or KAFKA_BOOTSTRAP=HOST:PORT)."
-        )
+        raise PipelineError(f"`{tool}` not found: {what}. {alternative}".rstrip())
     return path
 
 
 def fetch_jars(version: str = KAFKA_VERSION) -> Path:
     """The broker's runtime jars, downloaded once through Maven into the cache."""
-    libs = cache_home() / f"kafka-{version}" / "libs"
-    if (libs / ".complete").exists():
-        return libs
-    mvn = _require("mvn", "Maven is needed once to fetch Kafka from Maven Central (apt-get install maven)")
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    return maven_fetch(resource("kafka-pom.xml"), cache_home() / f"kafka-{version}" / "libs", version,
+                       f"kafka_2.13-{version}.jar", f"org.apache.kafka:kafka_2.13:{version}")
+
+
+def maven_fetch(pom: Path, dest: Path, version: str, marker_jar: str, what: str,
+                skip: set[str] = frozenset()) -> Path:
+    """The runtime dependencies of POM copied by Maven into DEST once (non-interactive, atomic: a folder is
+    used only once complete), leaving out jars named in SKIP (already on the classpath from elsewhere)."""
+    if (dest / ".complete").exists():
+        return dest
+    mvn = require("mvn", "Maven is needed once to fetch Kafka from Maven Central (apt-get install maven)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}-", dir=dest.parent))
     cmd = [
-        mvn, "-B", "-q", "-f", str(_resource("kafka-pom.xml")), "dependency:copy-dependencies",
+        mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
         "-DincludeScope=runtime", f"-DoutputDirectory={tmp}", f"-Dkafka.version={version}",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0 or not any(tmp.glob(f"kafka_2.13-{version}.jar")):
+    if done.returncode != 0 or not (tmp / marker_jar).exists():
         shutil.rmtree(tmp, ignore_errors=True)
         tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
-        raise PipelineError(
-            f"Maven could not fetch org.apache.kafka:kafka_2.13:{version}:\n" + "\n".join(tail)
-        )
+        raise PipelineError(f"Maven could not fetch {what}:\n" + "\n".join(tail))
+    for name in skip:
+        (tmp / name).unlink(missing_ok=True)
     (tmp / ".complete").write_text(version)
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    return libs
+    if (dest / ".complete").exists():  # another process finished the same fetch meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
 
 
 def server_properties(data_dir: Path, port: int, controller_port: int,
@@ -198,7 +211,7 @@ class DevBroker:
                     f"{running['bootstrap']}; see `pipeline dev logs`, or `pipeline dev down` and up again"
                 )
             return {**running, "already_running": True}
-        java = _require("java", "a Java 17+ runtime runs the broker (apt-get install openjdk-17-jre-headless)")
+        java = require("java", "a Java 17+ runtime runs the broker (apt-get install openjdk-17-jre-headless)")
         ports = [self.port, self.controller_port] + ([self.port + 2] if self.sasl else [])
         if any(_port_in_use(p) for p in ports):
             raise PipelineError(
@@ -221,7 +234,7 @@ class DevBroker:
         started = time.monotonic()
         cmd = [
             java, *JVM_OPTS,
-            f"-Dlog4j2.configurationFile={_resource('log4j2.properties')}",
+            f"-Dlog4j2.configurationFile={resource('log4j2.properties')}",
             f"-Dkafka.logs.dir={self.log_file.parent}",
             "-cp", classpath, "kafka.Kafka", str(self.config_file),
         ]

@@ -17,6 +17,7 @@ from pipeline.kafka.security import faust_credentials
 from pipeline.paths import cache_home
 from pipeline.runtime import metrics
 from pipeline.runtime.batch import BatchHandler, Raw, Stopping
+from pipeline.runtime.outage import BrokerWatch, StageWorker, shutdown_timeout
 from pipeline.runtime.stage import load_stage
 
 log = logging.getLogger("pipeline.runtime")
@@ -105,10 +106,15 @@ def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.Ap
     for path, route in stage.routes().items():
         _json_page(app, path, route, in_thread)
     metrics.add_pages(app, ready, handler.m)
+    app.stage_metrics = handler.m  # for run_worker's broker watch
     return app
 
 
 def run_worker(topology: Topology, stage_name: str, replica: int = 0, loglevel: str = "info") -> None:
-    """Run one stage in this process until SIGTERM/SIGINT."""
+    """Run one stage in this process until SIGTERM/SIGINT, or until the shutdown deadline after them (see
+    pipeline.runtime.outage: PIPELINE_SHUTDOWN_TIMEOUT, default 25 s, under Kubernetes' 60 s grace period)."""
+    timeout = shutdown_timeout()
     app = build_app(topology, stage_name, replica)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    watch = BrokerWatch(topology.kafka.bootstrap, on_change=app.stage_metrics.broker_up.set)
+    watch.start()
+    StageWorker(app, watch, timeout, loglevel=loglevel, quiet=True).execute_from_commandline()

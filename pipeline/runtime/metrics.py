@@ -36,6 +36,8 @@ class StageMetrics:
         self.last_batch = series(Gauge, "pipeline_last_batch_timestamp_seconds", "When the last batch was done")
         self.retries = series(Counter, "pipeline_transient_retries", "Batches retried after a transient failure")
         self.stuck = series(Gauge, "pipeline_stuck_on_transient_error", "1 while the stage retries a failing batch")
+        self.broker_up = series(Gauge, "pipeline_broker_up", "1 while the Kafka bootstrap address accepts "
+                                "connections, 0 during a broker outage (probed every second)")
         self._dead = Counter("pipeline_dead_lettered", "Records sent to the dead-letter topic",
                              ["stage", "reason"], registry=self.registry)
         self._lag = Gauge("pipeline_consumer_lag", "Records after the group's committed offset, per input "
