@@ -24,7 +24,7 @@ from pipeline.runtime.stage import stage_options
 from pipeline.runtime.supervisor import Supervisor, worker_command
 from stages.cli.commands import classify_stage, embed_query, embed_stage, search_store, store_stage
 
-SAMPLE = Path(__file__).parent / "data" / "sample.jsonl"
+SAMPLE = Path(__file__).parents[1] / "data" / "sample.jsonl"
 
 
 def _pending(topology: Topology) -> tuple[int, int]:
