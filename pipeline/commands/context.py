@@ -36,9 +36,7 @@ def override_stage(topology: Topology, stage: str, options: list[str] | None, gr
                    web_port: int | None) -> None:
     """Apply --option KEY=VALUE (YAML values), --group and --web-port to one stage of a loaded topology, e.g.
     to run a second lane of a stage with another model under its own consumer group."""
-    if stage not in topology.stages:
-        raise ConfigError(f"no stage '{stage}' in topics.yaml (stages: {', '.join(topology.stages)})")
-    spec = topology.stages[stage]
+    spec = topology.stage(stage)
     for item in options or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

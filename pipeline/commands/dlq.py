@@ -11,15 +11,14 @@ from rich.table import Table
 from pipeline.kafka import dlq
 from pipeline.commands.context import console, settings
 from pipeline.config import Topology
-from pipeline.errors import ConfigError
+
 
 app = typer.Typer(help="Inspect and redrive the stages' dead-letter topics.", no_args_is_help=True)
 
 
 def _letters(ctx: typer.Context, stage: str, where: str | None) -> tuple[Topology, list[dlq.DeadLetter]]:
     topology = settings(ctx).topology()
-    if stage not in topology.stages:
-        raise ConfigError(f"no stage '{stage}' in topics.yaml (stages: {', '.join(topology.stages)})")
+    topology.stage(stage)
     letters = dlq.dead_letters(topology, stage)
     return topology, [d for d in letters if where is None or d.reason == where]
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pipeline.runtime.backfill import plan_ranges, run_backfill
 from pipeline.commands.context import console, out, override_stage, settings
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.kafka.offsets import group_state, stage_lag
 from pipeline.kafka import reset
 
@@ -19,8 +19,7 @@ from pipeline.kafka import reset
 def _stages(topology, stage: str | None) -> list[str]:
     if stage is None:
         return list(topology.stages)
-    if stage not in topology.stages:
-        raise ConfigError(f"no stage '{stage}' in topics.yaml (stages: {', '.join(topology.stages)})")
+    topology.stage(stage)
     return [stage]
 
 

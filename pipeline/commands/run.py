@@ -8,6 +8,7 @@ import typer
 
 from pipeline.commands.context import console, override_stage, settings
 from pipeline.errors import ConfigError
+from pipeline.runtime.stage import stage_options
 from pipeline.runtime.supervisor import Supervisor, worker_command
 
 
@@ -27,8 +28,7 @@ def run(
     topology = s.topology()
     names = list(topology.stages) if stage == "all" else [stage]
     for name in names:
-        if name not in topology.stages:
-            raise ConfigError(f"no stage '{name}' in topics.yaml (stages: {', '.join(topology.stages)}, or all)")
+        topology.stage(name)
     overrides = [a for o in option or [] for a in ("--option", o)]
     overrides += ["--group", group] if group else []
     overrides += ["--web-port", str(web_port)] if web_port else []
@@ -36,6 +36,8 @@ def run(
         raise ConfigError("--option, --group and --web-port apply to one stage, not to 'all'")
     if overrides:
         override_stage(topology, names[0], option, group, web_port)
+    for name in names:  # a misspelled option fails here, before any worker starts
+        stage_options(topology, name)
     if replica is not None or (len(names) == 1 and replicas == 1):
         from pipeline.runtime.app import run_worker
 

@@ -48,13 +48,14 @@ class Dead:
 class BatchHandler:
     """Everything between consuming a batch and acking it; runs in the stage's single worker thread."""
 
-    def __init__(self, stage: Stage, topology: Topology) -> None:
+    def __init__(self, stage: Stage, topology: Topology, sender: Sender | None = None) -> None:
         spec = stage.spec
         self.stage = stage
         self.in_codec = codec_for(topology, spec.input)
         self.out_codec = codec_for(topology, spec.output) if spec.output else None
         self.out_key_field = topology.topic(spec.output).key_field if spec.output else None
-        self.sender = Sender(topology)
+        # Where outputs and dead letters go: Kafka, or a stand-in with the same send/flush (pipeline.testing).
+        self.sender = sender if sender is not None else Sender(topology)
         self.stopping = threading.Event()
         self.chunk: int | None = None  # set after an out-of-memory error: process at most this many at once
         self.m = metrics.StageMetrics(stage.name)

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import StageSpec, Topology
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.config import StageSpec, Topology, validation_error
 from pipeline.errors import ConfigError
 
 
@@ -43,14 +45,24 @@ Result = list[dict[str, Any]] | Reject
 Route = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+class Options(BaseModel):
+    """Base of a stage's typed options (`stages.NAME.options` in topics.yaml); unknown keys are refused.
+
+    A stage declares its own as a nested class: `class Options(pipeline.Options): top_k: int = 5`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Stage:
     """Base class of a stage. Subclasses implement `process`; the runtime owns Kafka, offsets and failures."""
+
+    Options: type[Options] = Options  # a stage with options overrides this with its own model
 
     def __init__(self, name: str, spec: StageSpec, topology: Topology) -> None:
         self.name = name
         self.spec = spec
         self.topology = topology
-        self.options = spec.options
+        self.options = validate_options(type(self), topology, name, spec.options)
 
     def setup(self) -> None:
         """Load models and open connections; runs once in the worker before the first batch."""
@@ -67,17 +79,51 @@ class Stage:
         """Release what setup opened."""
 
 
-def load_stage(topology: Topology, name: str) -> Stage:
-    """Instantiate the stage named in topics.yaml from its `impl` ("module:Class")."""
-    if name not in topology.stages:
-        known = ", ".join(topology.stages) or "none"
-        raise ConfigError(f"no stage '{name}' in topics.yaml (stages: {known})")
-    spec = topology.stages[name]
+def validate_options(cls: type[Stage], topology: Topology, name: str, raw: dict[str, Any]) -> Options:
+    """`raw` checked against the stage class's Options model; ConfigError naming the file and each key's path."""
+    model = cls.Options
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ConfigError(f"{cls.__module__}.{cls.__qualname__}.Options must be a pipeline.Options subclass")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(topology.source, exc, ("stages", name, "options")) from None
+
+
+def stage_class(topology: Topology, name: str) -> type[Stage]:
+    """The class a stage's `impl` ("module:Class") names, imported but not instantiated (nothing loaded)."""
+    spec = topology.stage(name)
     module_name, class_name = spec.impl.split(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"stages.{name}.impl: cannot load {spec.impl}: {exc}") from None
+        raise ConfigError(f"{topology.source}: stages.{name}.impl: cannot load {spec.impl}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
-        raise ConfigError(f"stages.{name}.impl: {spec.impl} is not a pipeline.Stage subclass")
-    return cls(name, spec, topology)
+        raise ConfigError(f"{topology.source}: stages.{name}.impl: {spec.impl} is not a pipeline.Stage subclass")
+    return cls
+
+
+def stage_options(topology: Topology, name: str) -> Options:
+    """A stage's validated options without instantiating it (no model is loaded)."""
+    return validate_options(stage_class(topology, name), topology, name, topology.stage(name).options)
+
+
+def stages_of(topology: Topology, kind: type[Stage]) -> list[str]:
+    """Names of the stages whose class is `kind` or a subclass of it, in file order."""
+    return [name for name in topology.stages if issubclass(stage_class(topology, name), kind)]
+
+
+def find_stage(topology: Topology, kind: type[Stage]) -> str:
+    """The one stage that is a `kind` (found by its class, whatever its name); ConfigError if none or several."""
+    found = stages_of(topology, kind)
+    if len(found) != 1:
+        impls = ", ".join(f"{n} ({s.impl})" for n, s in topology.stages.items()) or "none"
+        which = "no stage" if not found else f"{len(found)} stages ({', '.join(found)})"
+        raise ConfigError(f"{topology.source}: {which} of type {kind.__name__}, expected exactly one; "
+                          f"stages: {impls}")
+    return found[0]
+
+
+def load_stage(topology: Topology, name: str) -> Stage:
+    """Instantiate the stage named in topics.yaml from its `impl`, its options validated (setup not called)."""
+    return stage_class(topology, name)(name, topology.stage(name), topology)

@@ -1,4 +1,5 @@
-"""Domain commands plugged into the `pipeline` CLI: search, and training the classifier head."""
+"""Domain commands plugged into the `pipeline` CLI: search, and training the classifier head. They find the
+embedding, classify and store stages by their class, never by their name in topics.yaml."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from pipeline.commands.context import console, settings
 from pipeline.config import Topology
 from pipeline.errors import PipelineError
 from pipeline.runtime.routes import StageUnreachable, call_route
+from pipeline.runtime.stage import find_stage, load_stage, stage_options
 from stages.classifier import quality, train_head
-from stages.model import DEFAULT_MODEL, encode, load_model, model_id
+from stages.classify import ClassifyStage
+from stages.embed import EmbedStage
+from stages.model import encode, load_model, model_id
 from stages.store import StoreStage
 
 classifier_app = typer.Typer(help="Train and check the classify stage's trained head.", no_args_is_help=True)
@@ -23,21 +27,37 @@ collections_app = typer.Typer(help="The store's Qdrant collections (one per mode
                               no_args_is_help=True)
 
 
+def embed_stage(topology: Topology) -> str:
+    """The name of the topology's embedding stage (an EmbedStage)."""
+    return find_stage(topology, EmbedStage)
+
+
+def store_stage(topology: Topology) -> str:
+    """The name of the topology's store stage (a StoreStage)."""
+    return find_stage(topology, StoreStage)
+
+
+def classify_stage(topology: Topology) -> str:
+    """The name of the topology's classify stage (a ClassifyStage)."""
+    return find_stage(topology, ClassifyStage)
+
+
 def embed_query(topology: Topology, texts: list[str]) -> np.ndarray:
     """Vectors from the running embed stage, or from the model loaded here when it does not run."""
+    name = embed_stage(topology)
     try:
-        return np.asarray(call_route(topology, "embed", "/embed", {"texts": texts})["vectors"], dtype=np.float32)
+        return np.asarray(call_route(topology, name, "/embed", {"texts": texts})["vectors"], dtype=np.float32)
     except StageUnreachable:
-        name = topology.stages["embed"].options.get("model", DEFAULT_MODEL)
-        return encode(load_model(name), texts)
+        return encode(load_model(stage_options(topology, name).model), texts)
 
 
 def store_call(topology: Topology, path: str, body: dict) -> dict:
     """Ask the running store stage (it holds Qdrant's local folder), else open Qdrant here and answer."""
+    name = store_stage(topology)
     try:
-        return call_route(topology, "store", path, body)
+        return call_route(topology, name, path, body)
     except StageUnreachable:
-        stage = StoreStage("store", topology.stages["store"], topology)
+        stage = load_stage(topology, name)
         try:
             stage.setup()
         except PipelineError as exc:
@@ -87,7 +107,8 @@ def train(
     from sklearn.model_selection import StratifiedKFold
 
     topology = settings(ctx).topology()
-    name = topology.stages["classify"].options.get("model", DEFAULT_MODEL)
+    classify = classify_stage(topology)
+    name = stage_options(topology, classify).model
     rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
     bad = [i + 1 for i, r in enumerate(rows) if not isinstance(r.get("text"), str) or not isinstance(r.get("label"), str)]
     if bad:
@@ -112,7 +133,7 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
     head.save(out)
     console.print(f"saved {head.id} ({len(head.labels)} labels, {mid}) to {out}; use it with "
-                  f"stages.classify.options: {{mode: trained, head: {out}}}")
+                  f"stages.{classify}.options: {{mode: trained, head: {out}}}")
 
 
 @collections_app.command("list")

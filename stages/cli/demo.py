@@ -20,8 +20,9 @@ from pipeline.runtime.metrics import scrape
 from pipeline.kafka.offsets import stage_lag, topic_end_offsets
 from pipeline.kafka.produce import produce_file
 from pipeline.runtime.routes import StageUnreachable, call_route
+from pipeline.runtime.stage import stage_options
 from pipeline.runtime.supervisor import Supervisor, worker_command
-from stages.cli.commands import search_store, embed_query
+from stages.cli.commands import classify_stage, embed_query, embed_stage, search_store, store_stage
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample.jsonl"
 
@@ -36,18 +37,29 @@ def _pending(topology: Topology) -> tuple[int, int]:
     return done, left
 
 
+def ingest_topic(topology: Topology) -> str:
+    """Where documents enter: the one stage input that no stage writes."""
+    written = {s.output for s in topology.stages.values()}
+    sources = sorted({s.input for s in topology.stages.values()} - written)
+    if len(sources) != 1:
+        raise PipelineError(f"{topology.source}: expected one topic that stages read and none writes (the ingest "
+                            f"topic), found {len(sources)}: {', '.join(sources) or 'none'}")
+    return sources[0]
+
+
 def _dead_letters(topology: Topology) -> int:
     return sum(sum(topic_end_offsets(topology, s.dead_letter).values()) for s in topology.stages.values())
 
 
 def _wait_until_ready(topology: Topology, supervisor: Supervisor, timeout: float = 180) -> None:
+    store, embed = store_stage(topology), embed_stage(topology)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if supervisor.procs and any(p.poll() is not None for p in supervisor.procs.values()):
             raise PipelineError("a stage exited during start-up; see the logs in var/logs")
         try:
-            call_route(topology, "store", "/stats", {}, timeout=5)
-            call_route(topology, "embed", "/embed", {"texts": []}, timeout=5)
+            call_route(topology, store, "/stats", {}, timeout=5)
+            call_route(topology, embed, "/embed", {"texts": []}, timeout=5)
             return
         except StageUnreachable:
             time.sleep(1)
@@ -78,7 +90,7 @@ def demo(
             _wait_until_ready(topology, supervisor)
         dead_before = _dead_letters(topology)
         started = time.perf_counter()
-        report = produce_file(topology, topology.stages["preprocess"].input, str(sample))
+        report = produce_file(topology, ingest_topic(topology), str(sample))
         if report.interrupted:
             raise KeyboardInterrupt
         if not report.ok:
@@ -124,16 +136,17 @@ def _stage_table(topology: Topology) -> None:
 
 
 def _report(topology: Topology, docs: int, elapsed: float, dead: int, sample: Path) -> None:
-    stats = call_route(topology, "store", "/stats", {})
-    quality = call_route(topology, "store", "/quality", {"truth": "label"})
+    store = store_stage(topology)
+    stats = call_route(topology, store, "/stats", {})
+    quality = call_route(topology, store, "/quality", {"truth": "label"})
     table = Table("documents in", "passages stored", "dead letters", "seconds", "documents/s", "passages/s",
-                  title="demo: produce -> preprocess -> embed -> classify -> store")
+                  title=f"demo: {' -> '.join(['produce', *topology.stages])}")
     table.add_row(str(docs), str(stats["points"]), str(dead), f"{elapsed:.1f}", f"{docs / elapsed:.1f}",
                   f"{stats['points'] / elapsed:.1f}")
     console.print(table)
     console.print(f"classification against the sample's labels: accuracy {quality['accuracy']:.3f}, "
                   f"macro-F1 {quality['macro_f1']:.3f} over {quality['n']} passages "
-                  f"({topology.stages['classify'].options.get('mode', 'zero-shot')})")
+                  f"({stage_options(topology, classify_stage(topology)).mode})")
     first = json.loads(sample.read_text().splitlines()[0])
     query = first["text"].split(".")[0][:200]
     hits = search_store(topology, {"vector": embed_query(topology, [query])[0].tolist(), "k": 3})
