@@ -80,3 +80,14 @@ def test_confluent_framing_needs_registry(tmp_path: Path) -> None:
     raw["framing"] = "confluent"
     with pytest.raises(ConfigError, match="needs a schema_registry"):
         load_topology(_write(tmp_path, raw))
+
+
+def test_duplicate_web_ports_name_both_stages(tmp_path: Path) -> None:
+    raw = _repo_raw()
+    raw["stages"]["store"]["web_port"] = raw["stages"]["embed"]["web_port"]
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as err:
+        load_topology(path)
+    port = raw["stages"]["embed"]["web_port"]
+    assert str(path) in str(err.value)
+    assert f"stages.store.web_port: {port} is also the web port of stages.embed" in str(err.value)
