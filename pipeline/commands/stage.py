@@ -108,6 +108,8 @@ def _literal(value: Any) -> str:
     """Python source for a plain value, strings in double quotes."""
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, bytes):  # only b"" and zero bytes come from _example
+        return 'b"' + repr(value)[2:-1] + '"'
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
@@ -391,7 +393,8 @@ def new(
     write_plan(plan)
     written = [plan.stage_file, plan.test_file] + ([plan.schema_file] if plan.new_schema else [])
     for item in written:
-        console.print(f"wrote {escape(str(item))}")
+        shown = os.path.relpath(item) if item.resolve().is_relative_to(Path.cwd()) else str(item)
+        console.print(f"wrote {escape(shown)}")
     console.print(f"{escape(str(plan.config))}: stage {plan.name} ({plan.input_topic} -> {plan.output_topic}, "
                   f"{plan.out_record}, web port {plan.web_port}); topics {plan.output_topic}, {plan.dead_letter}"
                   + (f"; {', '.join(plan.rewired)} now read {plan.output_topic}" if plan.rewired else ""))
