@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 import yaml
@@ -117,7 +117,7 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     raise ConfigError(message)
 
 
@@ -148,15 +148,14 @@ def _insert_after(parent: CommentedMap, after: str, key: str, value: Any) -> Non
     new_holder.ca.items[new_last] = [None, None, CommentToken("\n" + tail, token.start_mark, None), None]
 
 
-def _fresh(node: Any, flow: bool | None = None) -> Any:
-    """A copy of a ruamel mapping without its comments, in the same (or the given) style."""
+def _fresh(node: Any) -> Any:
+    """A copy of a ruamel mapping without its comments, in the same style (block or flow)."""
     if not isinstance(node, dict):
         return copy.deepcopy(node)
     out = CommentedMap()
     for k, v in node.items():
         out[k] = _fresh(v)
-    style = node.fa.flow_style() if isinstance(node, CommentedMap) else None
-    if flow if flow is not None else style:
+    if isinstance(node, CommentedMap) and node.fa.flow_style():
         out.fa.set_flow_style()
     return out
 
@@ -373,8 +372,8 @@ def write_plan(plan: Plan) -> None:
 @app.command()
 def new(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="The new stage's name (a lowercase identifier), e.g. keywords."),
-    after: str = typer.Option(..., "--after", help="The stage whose output the new stage reads."),
+    name: str = typer.Argument(..., metavar="NAME", help="The new stage's name (a lowercase identifier), e.g. keywords."),
+    after: str = typer.Option(..., "--after", metavar="STAGE", help="The stage whose output the new stage reads."),
     output_schema: str = typer.Option(None, "--output-schema",
                                       help="Record the stage writes: an existing one, or the name of a new one "
                                            "(default: <Name><InputKind>, e.g. KeywordsPassage)."),
