@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config import Topology
 from pipeline.dev import sandbox
 from pipeline.runtime.stage import load_stage
 from stages.store import point_id
@@ -18,7 +19,7 @@ from tests.conftest import PORT_SHIFT, ROOT, lag, run_cli, start_stage, stop_all
 EXAMPLE = ROOT / "examples" / "keywords"
 
 
-def _example_topology(folder: Path, bootstrap: str) -> tuple[Path, object]:
+def _example_topology(folder: Path, bootstrap: str) -> tuple[Path, Topology]:
     raw = sandbox.isolated(yaml.safe_load((EXAMPLE / "topics.yaml").read_text()), f"t{uuid.uuid4().hex[:8]}.",
                            bootstrap, port_shift=PORT_SHIFT, partitions=1)
     raw["stages"]["store"]["options"]["path"] = str(folder / "qdrant")
