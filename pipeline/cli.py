@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import typer
 from rich.markup import escape
 
-from pipeline.commands import dev, dlq, k8s, records, replay, run, schemas, status, topics
+from pipeline.commands import dev, dlq, k8s, records, replay, run, schemas, stage, status, topics
 from pipeline.commands.context import Settings, console
 from pipeline.errors import PipelineError
 
@@ -36,6 +36,7 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(k8s.app, name="k8s")
+app.add_typer(stage.app, name="stage")
 app.command()(records.produce)
 app.command()(records.consume)
 app.command()(run.run)

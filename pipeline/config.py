@@ -165,6 +165,17 @@ class Topology(_Strict):
             self._check_scaling(name)
         return self
 
+    @model_validator(mode="after")
+    def _unique_web_ports(self) -> Topology:
+        """Two stages on one web port: the second cannot start its web server (metrics, health, routes)."""
+        owners: dict[int, str] = {}
+        for name, stage in self.stages.items():
+            other = owners.setdefault(stage.web_port, name)
+            if other != name:
+                raise ValueError(f"stages.{name}.web_port: {stage.web_port} is also the web port of stages.{other}; "
+                                 "give each stage its own port (replica i of a stage uses web_port + 100 * i)")
+        return self
+
     def _check_scaling(self, name: str) -> None:
         scaling, partitions = self.stages[name].scaling, self.topic(self.stages[name].input).partitions
         if scaling.max_replicas is not None and scaling.max_replicas > partitions:

@@ -146,3 +146,14 @@ def test_stage_lookup_by_name_and_by_class(tmp_path: Path) -> None:
     del raw["stages"]["second-store"], raw["stages"]["store"]
     with pytest.raises(ConfigError, match="no stage of type StoreStage, expected exactly one"):
         find_stage(load_topology(_write(tmp_path, raw)), StoreStage)
+
+
+def test_duplicate_web_ports_name_both_stages(tmp_path: Path) -> None:
+    raw = _repo_raw()
+    raw["stages"]["store"]["web_port"] = raw["stages"]["embed"]["web_port"]
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as err:
+        load_topology(path)
+    port = raw["stages"]["embed"]["web_port"]
+    assert str(path) in str(err.value)
+    assert f"stages.store.web_port: {port} is also the web port of stages.embed" in str(err.value)

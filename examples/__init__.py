@@ -1,0 +1,1 @@
+"""Examples of stages written with the public API only."""
