@@ -259,6 +259,8 @@ def _edit_topics(config: Path, name: str, after: str, module: str, class_name: s
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096
+    # ruamel writes a null as an empty value; keep the file's explicit `null`s as they were.
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(config.read_text(encoding="utf-8"))
     topics, stages = doc["topics"], doc["stages"]
     out_spec = _fresh(topics[input_topic])
@@ -396,6 +398,6 @@ def new(
         console.print(f"wrote {escape(shown)}")
     console.print(f"{escape(str(plan.config))}: stage {plan.name} ({plan.input_topic} -> {plan.output_topic}, "
                   f"{plan.out_record}, web port {plan.web_port}); topics {plan.output_topic}, {plan.dead_letter}"
-                  + (f"; {', '.join(plan.rewired)} now read {plan.output_topic}" if plan.rewired else ""))
+                  + (f"; {', '.join(plan.rewired)} now read{'s' if len(plan.rewired) == 1 else ''} {plan.output_topic}" if plan.rewired else ""))
     console.print(f"next: fill in process() in {escape(str(plan.stage_file))}, then "
                   f"`python -m pytest {escape(str(plan.test_file))}` and `pipeline topics apply`")
