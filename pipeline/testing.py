@@ -247,11 +247,11 @@ if pytest is not None:
     @pytest.fixture(scope="session")
     def pipeline_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         """A real broker's bootstrap address: KAFKA_BOOTSTRAP if set, else a local broker that `pipeline dev up`
-        starts on PIPELINE_TEST_PORT (default 39092) for the session. A project may override this fixture."""
+        starts on PIPELINE_TEST_PORT (default 19092) for the session. A project may override this fixture."""
         if os.environ.get("KAFKA_BOOTSTRAP"):
             yield os.environ["KAFKA_BOOTSTRAP"]
             return
-        port = os.environ.get("PIPELINE_TEST_PORT", "39092")
+        port = os.environ.get("PIPELINE_TEST_PORT", "19092")
         env = {**os.environ, "PIPELINE_DEV_HOME": str(tmp_path_factory.mktemp("dev-broker"))}
         cli = [sys.executable, "-m", "pipeline", "dev"]
         started = subprocess.run([*cli, "up", "--port", port], capture_output=True, text=True, env=env)

@@ -19,7 +19,8 @@ from pipeline.dev.sandbox import isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = [sys.executable, "-m", "pipeline"]
-TEST_PORT = int(os.environ.get("PIPELINE_TEST_PORT", "39092"))
+# Below the kernel's ephemeral range (32768-60999), so no client's outgoing connection can hold it.
+TEST_PORT = int(os.environ.get("PIPELINE_TEST_PORT", "19092"))
 # Stage web ports in tests are the file's plus this shift; two test sessions at once need different shifts.
 PORT_SHIFT = int(os.environ.get("PIPELINE_TEST_PORT_SHIFT", "10000"))
 # The test broker also listens with SASL_PLAINTEXT on TEST_PORT + 2 for this user (tests/test_security.py).
