@@ -149,7 +149,7 @@ def fault_runs(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         run.thread.start()
     try:
         pending = dict(runs)
-        while pending and time.monotonic() - started < 180:
+        while pending and time.monotonic() - started < 120:
             for name, run in list(pending.items()):
                 if _settled(run):
                     print(f"{name} settled after {time.monotonic() - started:.0f}s")

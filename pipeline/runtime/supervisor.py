@@ -80,12 +80,17 @@ class Supervisor:
                 if code == 0:
                     return name
                 ran = now - self._started[name]
-                delay = self.backoff if ran >= self.stable_after else self._delay.get(name, self.backoff)
-                self._delay[name] = min(delay * 2, self.max_backoff)
+                delay = self._backoff(name, ran)
                 self._due[name] = now + delay
                 log.error("worker %s exited with status %s after %.0fs; restarting it in %.0fs", name, code, ran, delay)
             time.sleep(0.2)
         return None
+
+    def _backoff(self, name: str, ran: float) -> float:
+        """Seconds to wait before restarting `name`, which failed after running `ran` seconds."""
+        delay = self.backoff if ran >= self.stable_after else self._delay.get(name, self.backoff)
+        self._delay[name] = min(delay * 2, self.max_backoff)
+        return delay
 
     def stop(self) -> dict[str, int]:
         self._due.clear()
