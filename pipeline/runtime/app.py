@@ -128,16 +128,15 @@ def crash(stage_name: str, raws: list[Raw], exc: BaseException) -> NoReturn:
     """Log one CRITICAL line and end the process now, with no Faust shutdown (which would commit): the batch
     in hand is not acked, so the restarted worker (supervisor, Kubernetes) processes it again from the last
     commit, with a fresh producer."""
-    log.critical("stage %s: unexpected %s: %s; batch not acked (%s); exiting with status %d to restart from the "
-                 "last commit", stage_name, type(exc).__name__, exc, describe_batch(raws), EXIT_CRASH,
-                 exc_info=exc)
-    logging.shutdown()  # flush every handler: os._exit skips it
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - exiting regardless
-            pass
-    os._exit(EXIT_CRASH)
+    try:
+        log.critical("stage %s: unexpected %s: %s; batch not acked (%s); exiting with status %d to restart from "
+                     "the last commit", stage_name, type(exc).__name__, exc, describe_batch(raws), EXIT_CRASH,
+                     exc_info=exc)
+        logging.shutdown()  # flush every handler: os._exit skips it
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:  # whatever logging does (out of memory too), the process ends here
+        os._exit(EXIT_CRASH)
 
 
 def describe_batch(raws: list[Raw]) -> str:
