@@ -13,7 +13,7 @@ from pipeline.kafka.dlq import dead_letters
 from pipeline.runtime.batch import BatchHandler, Raw
 from pipeline.avro.codecs import codec_for
 from pipeline.runtime.stage import Reject, Stage, TransientError
-from stages.store import point_id
+from stages.store import StoreStage, point_id
 from tests.conftest import lag, run_cli, start_stage, stop_all, stored_points, wait_for
 
 
@@ -48,6 +48,7 @@ def test_poison_records_are_isolated_by_bisection(topology, tmp_path: Path) -> N
 class _OutOfMemoryBelow(Stage):
     """Fails like CUDA out of memory on batches larger than `fits`."""
 
+    Options = StoreStage.Options  # it stands in for the store, with the store's options
     fits = 2
     calls: list[int] = []
 

@@ -18,7 +18,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.config import load_topology
 from pipeline.kafka import produce as produce_module
-from pipeline.kafka.produce import produce_file, topic_max_bytes
+from pipeline.kafka.limits import topic_limit
+from pipeline.kafka.produce import produce_file
 from tests.conftest import PIPELINE, ROOT, run_cli
 
 
@@ -102,7 +103,7 @@ def test_bad_lines_are_reported_and_the_rest_is_sent(topology, tmp_path: Path) -
     assert "line 3: not a valid pipeline.docs.RawDocument: pipeline.docs.RawDocument.doc_id: got 12" in err
     assert "line 5: unknown field(s) colour" in err
     assert "line 6:" in err
-    assert "line 8: record too large: 10,000,0" in err and "over the limit of 1,000,000" in err
+    assert "line 8: record too large: 10,000,1" in err and "over the limit of 1,000,000" in err
     consumed = _consume_all(path, _raw_topic(topo))
     assert sorted(d["doc_id"] for d in consumed) == ["good-1", "good-2", "good-3"]
 
@@ -308,9 +309,9 @@ def test_records_over_the_topics_limit_are_rejected_not_sent(topology, tmp_path:
     raw["topics"][topic]["config"] = {"max.message.bytes": 4000}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     topo = load_topology(path)
-    assert topic_max_bytes(topo, topic) == (4000, "topics.yaml")  # not on the broker yet
+    assert topic_limit(topo, topic) == (4000, "topics.yaml")  # not on the broker yet
     _apply(path)
-    _wait_until(lambda: topic_max_bytes(topo, topic) == (4000, "the broker"), 30, "the new topic's config")
+    _wait_until(lambda: topic_limit(topo, topic) == (4000, "the broker"), 30, "the new topic's config")
     lines = [json.dumps({"doc_id": f"s-{i:03d}", "text": "small " * 60}) for i in range(300)]  # ~400 bytes each
     lines[100] = json.dumps({"doc_id": "big", "text": "x" * 5000})
     source = tmp_path / "docs.jsonl"
@@ -318,8 +319,8 @@ def test_records_over_the_topics_limit_are_rejected_not_sent(topology, tmp_path:
     done = run_cli("-c", str(path), "produce", "-t", topic, str(source))
     assert done.returncode == 1
     err = " ".join(done.stderr.split())
-    assert "line 101: record too large: 5,0" in err
-    assert "over the limit of 3,900 (the topic's max.message.bytes is 4,000 (from the broker)" in err
+    assert "line 101: record too large: 5,1" in err
+    assert "over the limit of 4,000 bytes for" in err and "topic max.message.bytes 4,000 from the broker" in err
     # Many small records still fit: batches are kept within the topic's limit too.
     assert _report_counts(done.stderr) == (299, 1, 0)
     assert set(_keys_on_topic(topo, topic)) == {f"s-{i:03d}".encode() for i in range(300) if i != 100}

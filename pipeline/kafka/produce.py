@@ -17,21 +17,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import ConfigResource, ResourceType
 
 from pipeline.avro.codecs import codec_for, schema_store
 from pipeline.avro.schemas import AvroError
 from pipeline.config import Topology
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.kafka import clients
+from pipeline.kafka.limits import RECORD_OVERHEAD, Limit, record_size
 from pipeline.kafka.sender import Sender
 
 BOM = b"\xef\xbb\xbf"
-# Kafka's default max.message.bytes (topic) and librdkafka's default message.max.bytes (producer).
-KAFKA_TOPIC_LIMIT = 1_048_588
-PRODUCER_LIMIT = 1_000_000
-# A record travels in a record batch: 61 bytes of batch header plus a few varints per record.
-BATCH_FRAMING = 100
 FLUSH_SECONDS = 60.0
 
 
@@ -209,46 +203,6 @@ def detect_format(source: str, fmt: str | None) -> str:
     return "csv" if source.lower().endswith(".csv") else "jsonl"
 
 
-def topic_max_bytes(topology: Topology, topic: str, timeout: float = 10.0) -> tuple[int, str]:
-    """The topic's max.message.bytes and where it was read: the broker, else topics.yaml, else Kafka's default."""
-    resource = ConfigResource(ResourceType.TOPIC, topic)
-    try:
-        admin = clients.admin(topology)  # kept referenced until the answer is in
-        entry = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout + 5) \
-            .get("max.message.bytes")
-        if entry is not None and entry.value is not None:
-            return int(entry.value), "the broker"
-    except (KafkaException, ValueError, TimeoutError):  # no such topic yet, no DescribeConfigs ACL, ...
-        pass
-    configured = topology.topic(topic).config.get("max.message.bytes")
-    if configured is not None:
-        return int(configured), "topics.yaml"
-    return KAFKA_TOPIC_LIMIT, "Kafka's default"
-
-
-@dataclass(frozen=True)
-class SizeLimit:
-    """The most bytes of key + value one record may have, and why."""
-
-    max_bytes: int
-    why: str
-
-    @classmethod
-    def of(cls, topology: Topology, topic: str) -> SizeLimit:
-        topic_bytes, source = topic_max_bytes(topology, topic)
-        producer_bytes = int(topology.kafka.client.get("message.max.bytes", PRODUCER_LIMIT))
-        if topic_bytes - BATCH_FRAMING < producer_bytes:
-            return cls(topic_bytes - BATCH_FRAMING, f"the topic's max.message.bytes is {topic_bytes:,} (from "
-                                                    f"{source}), less {BATCH_FRAMING} bytes of batch framing")
-        return cls(producer_bytes, f"the producer's message.max.bytes is {producer_bytes:,}")
-
-    def check(self, key: bytes | None, value: bytes) -> None:
-        size = len(value) + len(key or b"")
-        if size > self.max_bytes:
-            raise BadLine(f"record too large: {size:,} bytes of key and Avro value, over the limit of "
-                          f"{self.max_bytes:,} ({self.why}); not sent")
-
-
 def produce_file(
     topology: Topology,
     topic: str,
@@ -270,10 +224,10 @@ def produce_file(
     total = _count_lines(source)
     if total is not None and fmt == "csv":
         total = max(total - 1, 0)
-    limit = SizeLimit.of(topology, topic)
+    limit = Limit.read(topology, topic)
     report = ProduceReport(topic)
     # librdkafka does not split a batch the broker refuses: keep batches within the topic's limit too.
-    sender = Sender(topology, **{"batch.size": min(PRODUCER_LIMIT, limit.max_bytes + BATCH_FRAMING)})
+    sender = Sender(topology, **{"batch.size": min(limit.client, limit.topic_max - RECORD_OVERHEAD)})
     started = time.perf_counter()
     with _CtrlC() as ctrl_c, _open(source) as stream:
         try:
@@ -292,7 +246,10 @@ def produce_file(
                         )
                     value = codec.encode(record)
                     key = _key(record, spec.key_field)
-                    limit.check(key, value)
+                    size = record_size(value, key)
+                    if size > limit.bytes:
+                        raise BadLine(f"record too large: {size:,} bytes with its key and framing, over the limit "
+                                      f"of {limit}; not sent")
                     try:
                         sender.send(topic, value, key, tag=number)
                     except KafkaException as exc:  # refused by the producer itself

@@ -11,7 +11,7 @@ from typing import Literal
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka import ConsumerGroupTopicPartitions
 
-from pipeline.kafka.clients import admin, consumer
+from pipeline.kafka.clients import admin
 from pipeline.config import Topology
 from pipeline.errors import KafkaUnavailable, PipelineError
 from pipeline.kafka.offsets import PartitionLag, group_state, offsets_at, stage_lag

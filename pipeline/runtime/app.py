@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -22,6 +24,7 @@ from pipeline.runtime.stage import load_stage
 
 log = logging.getLogger("pipeline.runtime")
 LAG_INTERVAL = 5.0  # seconds between reads of the group's lag for /metrics
+EXIT_CRASH = 70  # EX_SOFTWARE: an unexpected error ended the worker; restart it
 
 
 def _json_page(app: faust.App, path: str, handler: Callable[[dict], dict], run: Callable) -> None:
@@ -69,28 +72,41 @@ def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.Ap
 
     @app.agent(topic, name=f"pipeline.{stage_name}")
     async def run(stream: faust.StreamT) -> None:
-        if not ready.is_set():
-            await in_thread(stage.setup)
-            ready.set()
-        within = spec.batch.max_wait_ms / 1000
-        async for events in stream.noack_take(spec.batch.max_records, within=within):
-            raws = [Raw(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                        e.message.offset, int(e.message.timestamp * 1000)) for e in events]
-            job = asyncio.ensure_future(in_thread(handler.run_batch, raws))
+        # Faust's agent supervisor must never recover from an error here: it would restart the agent and the
+        # group's commit could move past the batch. Anything but a shutdown's cancellation ends the process.
+        raws: list[Raw] = []
+        try:
+            if not ready.is_set():
+                await in_thread(stage.setup)
+                ready.set()
+            within = spec.batch.max_wait_ms / 1000
+            async for events in stream.noack_take(spec.batch.max_records, within=within):
+                raws = [Raw(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                            e.message.offset, int(e.message.timestamp * 1000)) for e in events]
+                await handle(stream, events, raws)
+                raws = []
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the crash path is the point
+            crash(stage_name, raws, exc)
+
+    async def handle(stream: faust.StreamT, events: list, raws: list[Raw]) -> None:
+        """Run the batch in the batch thread; ack its events only once run_batch returned."""
+        job = asyncio.ensure_future(in_thread(handler.run_batch, raws))
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # Shutting down: finish the batch in hand and ack it, so the final commit includes it.
+            handler.stopping.set()
             try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                # Shutting down: finish the batch in hand and ack it, so the final commit includes it.
-                handler.stopping.set()
-                try:
-                    await job
-                except Stopping:
-                    raise asyncio.CancelledError() from None
-                for event in events:
-                    await stream.ack(event)
-                raise
+                await job
+            except Stopping:
+                raise asyncio.CancelledError() from None
             for event in events:
                 await stream.ack(event)
+            raise
+        for event in events:
+            await stream.ack(event)
 
     @app.timer(interval=LAG_INTERVAL)
     async def measure_lag() -> None:
@@ -108,6 +124,32 @@ def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.Ap
     metrics.add_pages(app, ready, handler.m)
     app.stage_metrics = handler.m  # for run_worker's broker watch
     return app
+
+
+def crash(stage_name: str, raws: list[Raw], exc: BaseException) -> NoReturn:
+    """Log one CRITICAL line and end the process now, with no Faust shutdown (which would commit): the batch
+    in hand is not acked, so the restarted worker (supervisor, Kubernetes) processes it again from the last
+    commit, with a fresh producer."""
+    try:
+        log.critical("stage %s: unexpected %s: %s; batch not acked (%s); exiting with status %d to restart from "
+                     "the last commit", stage_name, type(exc).__name__, exc, describe_batch(raws), EXIT_CRASH,
+                     exc_info=exc)
+        logging.shutdown()  # flush every handler: os._exit skips it
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:  # whatever logging does (out of memory too), the process ends here
+        os._exit(EXIT_CRASH)
+
+
+def describe_batch(raws: list[Raw]) -> str:
+    """Where a batch came from, e.g. "docs.raw[0]@10..14, docs.raw[1]@3..7"."""
+    if not raws:
+        return "no batch in hand"
+    spans: dict[tuple[str, int], list[int]] = {}
+    for raw in raws:
+        spans.setdefault((raw.topic, raw.partition), []).append(raw.offset)
+    return ", ".join(f"{topic}[{partition}]@{min(offsets)}..{max(offsets)}"
+                     for (topic, partition), offsets in sorted(spans.items()))
 
 
 def run_worker(topology: Topology, stage_name: str, replica: int = 0, loglevel: str = "info") -> None:

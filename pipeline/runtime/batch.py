@@ -12,8 +12,11 @@ from typing import Any
 from pipeline.avro.codecs import codec_for
 from pipeline.avro.schemas import AvroError
 from pipeline.config import Topology
-from pipeline.kafka.dlq import error_headers
-from pipeline.kafka.sender import Sender
+from confluent_kafka import KafkaException
+
+from pipeline.kafka.dlq import PREFIX, error_headers
+from pipeline.kafka.limits import RECORD_OVERHEAD, Limit, is_size_error, record_size
+from pipeline.kafka.sender import Barrier, Sender
 from pipeline.runtime import metrics
 from pipeline.runtime.stage import Incoming, Reject, Result, Stage, TransientError
 
@@ -39,10 +42,24 @@ class Raw:
 
 @dataclass(frozen=True, slots=True)
 class Dead:
+    """An input bound for the dead-letter topic, and why."""
+
     raw: Raw
     reason: str
     error_class: str
     message: str
+    extra: tuple[tuple[str, str], ...] = ()  # more error headers, e.g. ("size", "1000512")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One encoded output record and the input it came from (the tag of its delivery report)."""
+
+    source: Raw
+    key: bytes | None
+    value: bytes
+    index: int  # its place among the input's outputs
+    count: int  # how many outputs the input made
 
 
 class BatchHandler:
@@ -54,8 +71,18 @@ class BatchHandler:
         self.in_codec = codec_for(topology, spec.input)
         self.out_codec = codec_for(topology, spec.output) if spec.output else None
         self.out_key_field = topology.topic(spec.output).key_field if spec.output else None
+        # Limits come from the broker, except for a stand-in sender (pipeline.testing): then from topics.yaml.
+        from_broker = sender is None
+        self.out_limit = Limit.read(topology, spec.output, from_broker) if spec.output else None
+        self.dlq_limit = Limit.read(topology, spec.dead_letter, from_broker)
+        if sender is None:
+            # librdkafka packs records into one batch per partition, and the broker checks each batch against
+            # the topic's max.message.bytes: batches must fit the smallest limit (a record is never split).
+            fits = min(limit.bytes for limit in (self.out_limit, self.dlq_limit) if limit) - RECORD_OVERHEAD
+            batch_size = min(int(topology.kafka.client.get("batch.size", 1_000_000)), max(fits, 1))
+            sender = Sender(topology, **{"batch.size": batch_size})
         # Where outputs and dead letters go: Kafka, or a stand-in with the same send/flush (pipeline.testing).
-        self.sender = sender if sender is not None else Sender(topology)
+        self.sender = sender
         self.stopping = threading.Event()
         self.chunk: int | None = None  # set after an out-of-memory error: process at most this many at once
         self.m = metrics.StageMetrics(stage.name)
@@ -95,19 +122,28 @@ class BatchHandler:
         model_started = time.perf_counter()
         results = self._process(incoming)
         self.m.process_seconds.observe(time.perf_counter() - model_started)
-        sends: list[tuple[bytes | None, bytes]] = []
+        outputs: list[Output] = []
         for raw, result in zip(sources, results):
             if isinstance(result, Reject):
                 dead.append(Dead(raw, result.reason, "Reject", result.message))
                 continue
+            if self.out_codec is None:
+                continue
             try:
-                sends += [(self._key(record, raw), self.out_codec.encode(record, validate=False))
-                          for record in result] if self.out_codec else []
+                made = [(self._key(record, raw), self.out_codec.encode(record, validate=False)) for record in result]
             except AvroError as exc:  # a stage bug: the input is dead-lettered, not lost
                 dead.append(Dead(raw, "output-invalid", type(exc).__name__, str(exc)))
-        self._send(sends, dead)
+                continue
+            mine = [Output(raw, key, value, i, len(made)) for i, (key, value) in enumerate(made)]
+            too_large = self._too_large(mine)
+            if too_large:
+                dead.append(too_large)
+            else:
+                outputs += mine
+        dead = self._send(outputs, dead)
+        dropped = {d.raw for d in dead}
         self.m.events_in.inc(len(raws))
-        self.m.events_out.inc(len(sends))
+        self.m.events_out.inc(sum(1 for out in outputs if out.source not in dropped))
         self.m.batch_size.observe(len(raws))
         self.m.batch_fill.observe(len(raws) / self.stage.spec.batch.max_records)
         self.m.batch_seconds.observe(time.perf_counter() - started)
@@ -130,19 +166,75 @@ class BatchHandler:
             results += isolate(self.stage.process, items[i:i + size], self.stage.name)
         return results
 
-    def _send(self, sends: list[tuple[bytes | None, bytes]], dead: list[Dead]) -> None:
-        """Produce outputs and dead letters, then wait until the broker acknowledged every one of them."""
+    def _too_large(self, outputs: list[Output]) -> Dead | None:
+        """The dead letter of an input whose largest output is over the output topic's limit, if it is."""
+        if not outputs or self.out_limit is None:
+            return None
+        out = max(outputs, key=lambda o: record_size(o.value, o.key))
+        if record_size(out.value, out.key) <= self.out_limit.bytes:
+            return None
+        return self._oversized(out, "is too large")
+
+    def _oversized(self, out: Output, what: str) -> Dead:
+        size = record_size(out.value, out.key)
+        message = f"output {out.index + 1} of {out.count} ({size:,} bytes) {what}; the limit is {self.out_limit}"
+        return Dead(out.source, "output-too-large", "OutputTooLarge", message,
+                    (("size", str(size)), ("limit", str(self.out_limit.bytes))))
+
+    def _send(self, outputs: list[Output], dead: list[Dead]) -> list[Dead]:
+        """Produce outputs and dead letters, then wait until the broker acknowledged every one of them. An input
+        whose output the producer or the broker refuses as too large is dead-lettered instead (the outputs of
+        it sent before the refusal stay). Returns every dead letter sent."""
         spec = self.stage.spec
-        for key, value in sends:
-            self.sender.send(spec.output, value, key)
+        refused: dict[Raw, Dead] = {}
+        for out in outputs:
+            if out.source in refused:
+                continue
+            try:
+                self.sender.send(spec.output, out.value, out.key, tag=out)
+            except KafkaException as exc:
+                if not is_size_error(exc.args[0]):
+                    raise
+                refused[out.source] = self._oversized(out, f"was refused by the producer ({exc.args[0].str()})")
+        dead = dead + list(refused.values())
+        self._dead_letters(dead)
+        barrier = self.sender.flush(30)
+        late: dict[Raw, Dead] = {}
+        for failure in barrier.failures:
+            out = failure.tag
+            if isinstance(out, Output) and is_size_error(failure.error) and out.source not in refused:
+                late.setdefault(out.source, self._oversized(out, f"was refused at delivery ({failure.error.str()})"))
+        _check(barrier, [f for f in barrier.failures
+                         if not (isinstance(f.tag, Output) and is_size_error(f.error))])
+        if late:
+            self._dead_letters(list(late.values()))
+            _check(self.sender.flush(30), None)
+        return dead + list(late.values())
+
+    def _dead_letters(self, dead: list[Dead]) -> None:
+        spec = self.stage.spec
         for d in dead:
             headers = error_headers(self.stage.name, d.reason, d.error_class, d.message,
                                     d.raw.topic, d.raw.partition, d.raw.offset)
-            self.sender.send(spec.dead_letter, d.raw.value, d.raw.key, headers)
-        barrier = self.sender.flush(30)
-        if not barrier.ok:
-            errors = "; ".join(str(f) for f in barrier.failures[:3])
-            raise TransientError(f"{barrier.unacked} record(s) unacknowledged, {len(barrier.failures)} failed: {errors}")
+            headers += [(PREFIX + name, value.encode()) for name, value in d.extra]
+            try:
+                self.sender.send(spec.dead_letter, d.raw.value, d.raw.key, headers, tag=d)
+            except KafkaException as exc:
+                if not is_size_error(exc.args[0]):
+                    raise
+                raise TransientError(  # stuck until someone raises the limit: visible, never skipped
+                    f"the dead letter of {d.raw.topic}[{d.raw.partition}]@{d.raw.offset} "
+                    f"({record_size(d.raw.value, d.raw.key, headers):,} bytes) is over the limit of "
+                    f"{self.dlq_limit}: raise that topic's max.message.bytes") from exc
+
+
+def _check(barrier: Barrier, failures: list | None) -> None:
+    """TransientError unless every record was acknowledged (`failures`: the ones that count, default all)."""
+    failures = barrier.failures if failures is None else failures
+    if barrier.unacked or failures:
+        errors = "; ".join(str(f) for f in failures[:3])
+        raise TransientError(f"{barrier.unacked} record(s) unacknowledged, {len(failures)} failed: {errors}")
+
 
 def ingest_time_ms(item: Incoming) -> int:
     """When the record's source entered the pipeline: its lineage.ingest_time_ms where it carries one."""
@@ -160,8 +252,8 @@ def isolate(process: Callable[[list[Incoming]], list[Result]], items: list[Incom
         if len(results) != len(items):
             raise RuntimeError(f"stage returned {len(results)} results for {len(items)} inputs")
         return results
-    except TransientError:
-        raise
+    except (TransientError, MemoryError):
+        raise  # MemoryError: the process is in trouble, not the record; the worker crashes and restarts
     except Exception as exc:
         if len(items) == 1:
             log.warning("stage %s: record at %s[%d]@%d failed: %r", stage,

@@ -22,37 +22,78 @@ def worker_command(stage: str, replica: int, config: str | None, bootstrap: str 
 
 
 class Supervisor:
-    """Starts named commands; `stop()` ends them all; `wait()` returns when one dies or stop was asked."""
+    """Starts named commands and restarts one that fails by itself (non-zero exit) after an exponential
+    backoff, like Kubernetes' CrashLoopBackOff; `stop()` ends them all; `wait()` returns when stop was asked
+    or a worker exited cleanly by itself."""
 
-    def __init__(self, commands: dict[str, list[str]], log_dir: Path | None = None, grace: float = 60.0) -> None:
+    def __init__(self, commands: dict[str, list[str]], log_dir: Path | None = None, grace: float = 60.0,
+                 backoff: float = 1.0, max_backoff: float = 30.0, stable_after: float = 600.0) -> None:
         self.commands = commands
         self.log_dir = log_dir
         self.grace = grace
+        self.backoff, self.max_backoff, self.stable_after = backoff, max_backoff, stable_after
         self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {name: 0 for name in commands}
+        self._started: dict[str, float] = {}
+        self._delay: dict[str, float] = {}
+        self._due: dict[str, float] = {}  # worker -> when to start it again
         self._stop = False
 
     def start(self) -> None:
-        for name, cmd in self.commands.items():
-            out = None
-            if self.log_dir:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                out = open(self.log_dir / f"{name}.log", "ab")
-            self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
+        for name in self.commands:
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        out = None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")
+        try:
+            self.procs[name] = subprocess.Popen(self.commands[name], stdout=out,
+                                                stderr=subprocess.STDOUT if out else None,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            if out:
+                out.close()  # the child holds its own copy
+        self._started[name] = time.monotonic()
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
 
     def wait(self) -> str | None:
-        """Block until stop is requested (None) or a worker exits by itself (its name)."""
+        """Block until stop is requested (None) or a worker exits with status 0 by itself (its name). A worker
+        that fails is started again after 1 s, then 2, 4, ... up to 30 s; the delay resets once a worker has
+        run for `stable_after` seconds."""
         while not self._stop:
+            now = time.monotonic()
             for name, proc in self.procs.items():
-                if proc.poll() is not None:
+                if name in self._due:
+                    if now >= self._due[name]:
+                        del self._due[name]
+                        self.restarts[name] += 1
+                        log.warning("restarting worker %s (restart %d)", name, self.restarts[name])
+                        self._spawn(name)
+                    continue
+                code = proc.poll()
+                if code is None:
+                    continue
+                if code == 0:
                     return name
+                ran = now - self._started[name]
+                delay = self._backoff(name, ran)
+                self._due[name] = now + delay
+                log.error("worker %s exited with status %s after %.0fs; restarting it in %.0fs", name, code, ran, delay)
             time.sleep(0.2)
         return None
 
+    def _backoff(self, name: str, ran: float) -> float:
+        """Seconds to wait before restarting `name`, which failed after running `ran` seconds."""
+        delay = self.backoff if ran >= self.stable_after else self._delay.get(name, self.backoff)
+        self._delay[name] = min(delay * 2, self.max_backoff)
+        return delay
+
     def stop(self) -> dict[str, int]:
+        self._due.clear()
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -66,12 +107,13 @@ class Supervisor:
         return {name: proc.returncode for name, proc in self.procs.items()}
 
     def run(self) -> int:
-        """Start, wait for Ctrl-C/SIGTERM or a worker's death, stop all; 0 only for a requested stop."""
+        """Start, restart failed workers, until Ctrl-C/SIGTERM or a worker's clean exit; then stop all. 0 only
+        for a requested stop."""
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         self.start()
-        died = self.wait()
-        if died:
-            log.error("worker %s exited with status %s; stopping the others", died, self.procs[died].returncode)
+        ended = self.wait()
+        if ended:
+            log.error("worker %s exited by itself with status 0; stopping the others", ended)
         self.stop()
-        return 1 if died else 0
+        return 1 if ended else 0
