@@ -33,6 +33,9 @@ def gateway_settings(topology: Topology) -> GatewaySettings:
     if topology.gateway is None or not topology.gateway.subjects:
         raise ConfigError(f"{topology.source} has no gateway section with subjects: add one (see the repository's "
                           "topics.yaml) to serve online requests")
+    problems = topology.gateway_problems()
+    if problems:
+        raise ConfigError(f"{topology.source}: " + "; ".join(problems))
     return topology.gateway
 
 
