@@ -286,3 +286,67 @@ def test_two_replicas_share_a_queue_group_and_survive_a_sigkill(tmp_path: Path, 
     finally:
         for proc, _ in procs.values():
             stop(proc)
+
+
+def _repo_raw() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "topics.yaml").read_text())
+
+
+def test_gateway_section_is_validated(tmp_path: Path):
+    import yaml
+
+    from pipeline.config import load_topology
+    from pipeline.errors import ConfigError
+    from pipeline.gateway.server import gateway_settings
+
+    def load(raw: dict) -> Topology:
+        path = tmp_path / "topics.yaml"
+        path.write_text(yaml.safe_dump({**raw, "schemas_dir": str(ROOT / "schemas")}))
+        return load_topology(path)
+
+    raw = _repo_raw()
+    raw["gateway"]["prefix"] = "bad prefix"
+    with pytest.raises(ConfigError, match=r"gateway\.prefix: String should match"):
+        load(raw)
+    raw = _repo_raw()
+    raw["gateway"]["record_to"] = "nowhere"
+    with pytest.raises(ConfigError, match="gateway.record_to: 'nowhere' must be a topic declared"):
+        load(raw)
+    raw = _repo_raw()
+    raw["gateway"]["subjects"]["search"]["forward"]["stage"] = "shop"
+    with pytest.raises(ConfigError, match=r"gateway.subjects.search.forward.stage: no stage 'shop'"):
+        gateway_settings(load(raw))
+    raw = _repo_raw()
+    del raw["gateway"]
+    with pytest.raises(ConfigError, match="has no gateway section"):
+        gateway_settings(load(raw))
+
+
+def test_ask_names_the_subject_and_server_it_tried(nats_url: str):
+    prefix = f"g{uuid.uuid4().hex[:6]}"
+    raw = _repo_raw()
+    nobody = run_cli("ask", "embed", "hello", "--nats", nats_url, "--timeout", "2",
+                     env={"PIPELINE_CONFIG": str(ROOT / "topics.yaml")})
+    assert nobody.returncode == 2 and "Traceback" not in nobody.stderr
+    assert f"no gateway answers on {raw['gateway']['prefix']}.embed at {nats_url}" in " ".join(nobody.stderr.split())
+    unreachable = run_cli("ask", "embed", "hello", "--nats", "nats://127.0.0.1:1")
+    assert unreachable.returncode == 2 and "cannot reach NATS at nats://127.0.0.1:1" in unreachable.stderr
+
+    async def silent_gateway() -> str:  # takes requests and never answers: the client times out, and says so
+        async def swallow(msg) -> None:
+            pass
+
+        nc = await nats.connect(nats_url)
+        await nc.subscribe(f"{prefix}.>", cb=swallow)
+        await nc.flush()
+        try:
+            await request(nc, nats_url, f"{prefix}.embed", {"text": "x"}, 0.5)
+        except NoReply as exc:
+            return str(exc)
+        finally:
+            await nc.close()
+        return ""
+
+    assert f"no reply on {prefix}.embed from {nats_url} within 0.5 s" in asyncio.run(silent_gateway())

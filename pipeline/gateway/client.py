@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +47,14 @@ class Reply:
 
 
 async def connect(servers: str) -> Any:
+    async def quiet(exc: Exception) -> None:  # the error below says it once
+        pass
+
+    # max_reconnect_attempts=0 makes nats-py 2.16 retry a refused first connection for ever: 1 fails in time.
+    options = dict(connect_timeout=3, max_reconnect_attempts=1, allow_reconnect=False, error_cb=quiet,
+                   name="pipeline-ask")
     try:
-        return await nats.connect(servers.split(","), connect_timeout=3, max_reconnect_attempts=0,
-                                  allow_reconnect=False, name="pipeline-ask")
+        return await asyncio.wait_for(nats.connect(servers.split(","), **options), 10)
     except Exception as exc:  # noqa: BLE001 - nats-py raises several kinds for "cannot connect"
         raise PipelineError(f"cannot reach NATS at {servers} ({type(exc).__name__}: {exc}); start one with "
                             "`pipeline dev up --with nats`, or give --nats URL (or NATS_URL)") from None
