@@ -108,8 +108,8 @@ class Gateway:
             workers = [asyncio.create_task(b.run()) for b in self.batchers.values()]
             try:
                 self.nc = await nats.connect(self.servers.split(","), name="pipeline-gateway",
-                                             max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                             connect_timeout=5, allow_reconnect=True)
+                                             max_reconnect_attempts=-1, reconnect_time_wait=1,
+                                             connect_timeout=5, allow_reconnect=True, error_cb=self._nats_error)
             except Exception as exc:  # noqa: BLE001 - nats-py raises several kinds for "cannot connect"
                 raise PipelineError(f"gateway: cannot reach NATS at {self.servers} ({type(exc).__name__}: {exc}); "
                                     "start one with `pipeline dev up --with nats`, or give --nats URL") from None
@@ -130,6 +130,9 @@ class Gateway:
                 await loop.run_in_executor(None, self.recorder.close)
             self.model_thread.shutdown(wait=False)
             self.http_threads.shutdown(wait=False)
+
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("NATS at %s: %s (retrying; `pipeline dev up --with nats` starts one)", self.servers, exc)
 
     def stop(self) -> None:
         if self._stop is not None:
