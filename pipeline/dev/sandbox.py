@@ -28,6 +28,11 @@ def isolated(raw: dict[str, Any], prefix: str, bootstrap: str, port_shift: int =
                 stage[role] = rename[stage[role]]
         stage["group"] = prefix + stage["group"]
         stage["web_port"] += port_shift
+    gateway = raw.get("gateway")
+    if gateway:  # the online gateway records to one of the renamed topics and serves its own port
+        if gateway.get("record_to"):
+            gateway["record_to"] = rename[gateway["record_to"]]
+        gateway["web_port"] = gateway.get("web_port", 6110) + port_shift
     raw["kafka"]["bootstrap"] = bootstrap
     return raw
 

@@ -1,0 +1,212 @@
+"""The online gateway's figures (`python -m bench.gateway`, or the `gateway` part of `python -m bench`): overhead
+over in-process encoding at 1 client, the batching gain and p99 at 32 concurrent clients, and the same load
+through the embed stage's per-request HTTP /embed route when a broker is given for that stage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeline.dev import sandbox  # noqa: E402
+from pipeline.dev.servers import NATS, LocalServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("open a network connection read write file parse json string thread lock queue socket server client "
+         "http url email path directory copy delete random number statistics regular expression unicode format "
+         "archive csv xml binary encoding process async task parallel math function").split()
+
+
+def queries(n: int, seed: int = 7) -> list[str]:
+    """Short queries of 5 to 20 words, as people type them."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(n)]
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values) * 1000
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2)}
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(proc.args)} exited:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+async def _one_at_a_time(url: str, subject: str, texts: list[str]) -> list[float]:
+    from pipeline.gateway.client import connect, request
+
+    nc = await connect(url)
+    times = []
+    try:
+        for text in texts:
+            started = time.perf_counter()
+            reply = await request(nc, url, subject, {"text": text}, 30)
+            times.append(time.perf_counter() - started)
+            assert reply.error is None, reply.data
+    finally:
+        await nc.close()
+    return times
+
+
+async def _concurrent(url: str, subject: str, texts: list[str], clients: int) -> tuple[float, list[float]]:
+    """(seconds for all, each request's round trip) with `clients` callers each sending its share in turn."""
+    from pipeline.gateway.client import connect, request
+
+    nc = await connect(url)
+    times: list[float] = []
+
+    async def client(mine: list[str]) -> None:
+        for text in mine:
+            started = time.perf_counter()
+            reply = await request(nc, url, subject, {"text": text}, 60)
+            times.append(time.perf_counter() - started)
+            assert reply.error is None, reply.data
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(texts[i::clients]) for i in range(clients)))
+        return time.perf_counter() - started, times
+    finally:
+        await nc.close()
+
+
+def _http_concurrent(port: int, texts: list[str], clients: int) -> tuple[float, list[float]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(text: str) -> float:
+        started = time.perf_counter()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/embed", json.dumps({"texts": [text]}).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+        return time.perf_counter() - started
+
+    with ThreadPoolExecutor(clients) as pool:
+        started = time.perf_counter()
+        times = list(pool.map(one, texts))
+        return time.perf_counter() - started, times
+
+
+def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu", bootstrap: str | None = None,
+                    nats_port: int = 24222, web_port: int = 26910, workdir: Path | None = None) -> dict[str, Any]:
+    """Start a nats-server and a `pipeline serve` process, measure, stop them; the figures as a dict. With
+    `bootstrap` (a Kafka broker), also run the embed stage and send the same load to its HTTP /embed route."""
+    from stages.model import encode, load_model
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="bench-gateway-"))
+    raw = sandbox.isolated(yaml.safe_load((ROOT / "topics.yaml").read_text()), f"bench-gw-{os.getpid()}.",
+                           bootstrap or "127.0.0.1:1", port_shift=web_port - 6110, partitions=1)
+    raw["gateway"].update(record_to=None, web_port=web_port)
+    for stage in ("embed", "classify"):
+        raw["stages"][stage]["options"]["device"] = device
+    path, topology = sandbox.write(raw, workdir, ROOT / "schemas")
+    gateway = topology.gateway
+    texts = queries(requests)
+    model = load_model(topology.stage("embed").options.get("model", "all-MiniLM-L6-v2"), device)
+    measured = texts[:200]
+    for text in measured:  # warm: on CPU the first pass of each shape pays for kernel selection (~3x)
+        encode(model, [text], batch_size=1)
+    singles = []
+    for text in measured:
+        started = time.perf_counter()
+        encode(model, [text], batch_size=1)
+        singles.append(time.perf_counter() - started)
+    nats_server = LocalServer(NATS, workdir / "nats", nats_port)
+    url = nats_server.up()["url"]
+    log = workdir / "gateway.log"
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(log, "ab") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", "-c", str(path), "serve", "--nats", url,
+                                           "--loglevel", "warning"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
+        _wait_ready(f"http://127.0.0.1:{web_port}/ready", procs[0], log)
+        subject = f"{gateway.prefix}.embed"
+        asyncio.run(_one_at_a_time(url, subject, texts[:20]))  # warm the connection and the gateway
+        sequential = asyncio.run(_one_at_a_time(url, subject, measured))
+        overhead = [rtt - single for rtt, single in zip(sequential, singles)]
+        elapsed, loaded = asyncio.run(_concurrent(url, subject, texts, clients))
+        one_at_a_time_rate = len(singles) / sum(singles)
+        figures: dict[str, Any] = {
+            "device": device, "max_batch": gateway.max_batch, "max_wait_ms": gateway.max_wait_ms,
+            "encode_in_process_1": _quantiles(singles),
+            "overhead_1_client": _quantiles(overhead),
+            "round_trip_1_client": _quantiles(sequential),
+            f"throughput_{clients}_clients_per_s": round(len(texts) / elapsed, 1),
+            "in_process_one_at_a_time_per_s": round(one_at_a_time_rate, 1),
+            "batching_gain": round(len(texts) / elapsed / one_at_a_time_rate, 2),
+            f"round_trip_{clients}_clients": _quantiles(loaded),
+        }
+        if bootstrap:
+            figures["http_embed_route"] = _http_route(path, topology, texts, clients, workdir, procs)
+        return figures
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        nats_server.down()
+
+
+def _http_route(path: Path, topology: Any, texts: list[str], clients: int, workdir: Path,
+                procs: list[subprocess.Popen]) -> dict[str, Any]:
+    """The same load through the embed stage's per-request /embed route (a Faust worker, so it needs Kafka)."""
+    from pipeline.kafka import admin
+
+    client = admin.admin_client(topology)
+    admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+    log = workdir / "embed.log"
+    with open(log, "ab") as out:
+        procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", "-c", str(path), "run", "embed",
+                                       "--loglevel", "warn"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
+    port = topology.stage("embed").web_port
+    _wait_ready(f"http://127.0.0.1:{port}/ready", procs[-1], log)
+    _http_concurrent(port, texts[:20], 1)
+    elapsed, times = _http_concurrent(port, texts, clients)
+    return {f"throughput_{clients}_clients_per_s": round(len(texts) / elapsed, 1),
+            f"round_trip_{clients}_clients": _quantiles(times)}
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=640)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bootstrap", help="A Kafka broker for the embed stage (the HTTP /embed comparison).")
+    parser.add_argument("--nats-port", type=int, default=24222)
+    parser.add_argument("--web-port", type=int, default=26910)
+    args = parser.parse_args()
+    print(json.dumps(gateway_figures(args.requests, args.clients, args.device, args.bootstrap, args.nats_port,
+                                     args.web_port), indent=2))
+
+
+if __name__ == "__main__":
+    main()
