@@ -5,7 +5,6 @@ runtime's real batch path (no Kafka), or on a real broker as a pytest fixture (`
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pipeline.kafka.dlq import read_headers
 from pipeline.kafka.sender import Barrier
 from pipeline.runtime.batch import BatchHandler, Raw, Stopping
 from pipeline.runtime.stage import Stage, load_stage
+from pipeline.runtime.supervisor import spawn, terminate, worker_command
 
 __all__ = ["StageProcess", "StageRun", "TestDeadLetter", "run_stage", "start_stage_process"]
 
@@ -179,13 +179,7 @@ class StageProcess:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (the worker finishes its batch and commits), then wait; killed if it does not exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate([self.proc], timeout)
         return self.proc.returncode
 
 
@@ -209,12 +203,7 @@ def start_stage_process(config: str | Path, stage: str, bootstrap: str | None, l
         client = admin.admin_client(topology)
         admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
     log = log_dir / f"{stage}.log"
-    command = [sys.executable, "-m", "pipeline", "-c", str(config)]
-    command += ["--bootstrap", bootstrap] if bootstrap else []
-    command += ["run", stage, "--loglevel", "warn", *args]
-    handle = open(log, "ab")
-    proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ})
-    handle.close()
+    proc = spawn(worker_command(stage, 0, config, bootstrap, "--loglevel", "warn", *args), log, new_session=False)
     started = StageProcess(stage, proc, log, topology)
     port = _web_port(topology, stage, args)
     deadline = time.monotonic() + ready_timeout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import yaml
 from pipeline.dev import sandbox
 from pipeline.config import Topology
 from pipeline.dev.sandbox import isolated
+from pipeline.runtime.supervisor import spawn, terminate, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = [sys.executable, "-m", "pipeline"]
@@ -82,9 +82,8 @@ def topology(tmp_path: Path, kafka: str) -> tuple[Path, Topology]:
 
 def start_stage(path: Path, stage: str, logs: Path, *extra: str, name: str | None = None) -> subprocess.Popen:
     """`pipeline run STAGE` as its own process, logging to LOGS/NAME.log."""
-    log = open(logs / f"{name or stage}.log", "ab")
-    return subprocess.Popen([*PIPELINE, "-c", str(path), "run", stage, "--loglevel", "warn", *extra],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    return spawn(worker_command(stage, 0, path, None, "--loglevel", "warn", *extra), logs / f"{name or stage}.log",
+                 new_session=False)
 
 
 def lag(topology: Topology, stages: list[str] | None = None) -> int:
@@ -108,11 +107,7 @@ def wait_for(condition, timeout: float, what: str, procs: dict, logs: Path) -> N
 
 def stop_all(procs: dict) -> None:
     """SIGTERM every stage process still running, then wait for each (they finish their batch first)."""
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs.values():
-        proc.wait(60)
+    terminate(procs.values(), 60)
 
 
 def stored_points(qdrant_path: str, collection: str = "docs") -> dict[str, dict]:

@@ -5,7 +5,6 @@ the exact set of request ids recorded to Kafka, and two replicas in one queue gr
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -24,16 +23,15 @@ from pipeline.gateway import protocol
 from pipeline.gateway.client import NoGateway, NoReply, connect, request
 from pipeline.kafka.clients import consumer
 from pipeline.runtime.metrics import scrape
+from pipeline.runtime.supervisor import spawn, terminate
 from tests.conftest import PIPELINE, ROOT, run_cli, write_topology
 
 TEXT = "open a network connection to a server"
 
 
 def start_gateway(path: Path, url: str, port: int, logs: Path, name: str) -> subprocess.Popen:
-    log = open(logs / f"{name}.log", "ab")
-    return subprocess.Popen([*PIPELINE, "-c", str(path), "serve", "--nats", url, "--web-port", str(port),
-                             "--loglevel", "warning"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ})
+    return spawn([*PIPELINE, "-c", str(path), "serve", "--nats", url, "--web-port", str(port), "--loglevel",
+                  "warning"], logs / f"{name}.log", new_session=False)
 
 
 def page(port: int, path: str) -> tuple[int, str]:
@@ -59,13 +57,7 @@ def wait_ready(procs: dict[str, tuple[subprocess.Popen, int]], logs: Path, timeo
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate([proc], 30)
 
 
 def metric(port: int, name: str) -> float:

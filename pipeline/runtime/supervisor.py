@@ -1,4 +1,6 @@
-"""Runs stage workers as child processes, and stops them together (SIGTERM, then SIGKILL after a grace period)."""
+"""Stage workers as child processes: one way to start a worker (`spawn`) and to stop workers (`terminate`: SIGTERM,
+then SIGKILL after a grace period), used by `pipeline run`, the demo, the benchmark and the tests; and the
+Supervisor that restarts a worker that fails."""
 
 from __future__ import annotations
 
@@ -7,18 +9,52 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger("pipeline.supervisor")
 
 
-def worker_command(stage: str, replica: int, config: str | None, bootstrap: str | None) -> list[str]:
+def worker_command(stage: str, replica: int = 0, config: str | Path | None = None, bootstrap: str | None = None,
+                   *args: str) -> list[str]:
+    """`python -m pipeline [--config C] [--bootstrap B] run STAGE --replica N ARGS...`."""
     cmd = [sys.executable, "-m", "pipeline"]
     if config:
-        cmd += ["--config", config]
+        cmd += ["--config", str(config)]
     if bootstrap:
         cmd += ["--bootstrap", bootstrap]
-    return [*cmd, "run", stage, "--replica", str(replica)]
+    return [*cmd, "run", stage, "--replica", str(replica), *args]
+
+
+def spawn(command: list[str], log: Path | None = None, new_session: bool = True) -> subprocess.Popen:
+    """Start `command` with stdout and stderr appended to `log` (or inherited), stdin closed; in its own session
+    so a Ctrl-C at the terminal reaches the supervisor only, which then stops its workers in order."""
+    out = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")
+    try:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                stdin=subprocess.DEVNULL, start_new_session=new_session)
+    finally:
+        if out:
+            out.close()  # the child holds its own copy
+
+
+def terminate(procs: Iterable[subprocess.Popen], grace: float = 60.0) -> None:
+    """SIGTERM every process still running (a worker finishes its batch and commits), wait up to `grace`
+    seconds for all of them, then SIGKILL whatever is left."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Supervisor:
@@ -44,17 +80,7 @@ class Supervisor:
             self._spawn(name)
 
     def _spawn(self, name: str) -> None:
-        out = None
-        if self.log_dir:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")
-        try:
-            self.procs[name] = subprocess.Popen(self.commands[name], stdout=out,
-                                                stderr=subprocess.STDOUT if out else None,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            if out:
-                out.close()  # the child holds its own copy
+        self.procs[name] = spawn(self.commands[name], self.log_dir / f"{name}.log" if self.log_dir else None)
         self._started[name] = time.monotonic()
 
     def request_stop(self, *_: object) -> None:
@@ -94,16 +120,7 @@ class Supervisor:
 
     def stop(self) -> dict[str, int]:
         self._due.clear()
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(self.procs.values(), self.grace)
         return {name: proc.returncode for name, proc in self.procs.items()}
 
     def run(self) -> int:
