@@ -59,6 +59,18 @@ class EmbedStage(Stage):
             self._encode(["a " * (tokens - 2)] * count)
 
     def process(self, batch: list[Incoming]) -> list[Result]:
+        vectors = iter(self._vectors([item for item in batch if not item.value.get("deleted")]))
+        results: list[Result] = []
+        for item in batch:
+            if item.value.get("deleted"):  # a delete marker passes through without model work
+                results.append([{**item.value, "model_id": self.model_id, "dim": 0, "vector": b""}])
+            else:
+                v = next(vectors)
+                results.append([{**item.value, "model_id": self.model_id, "dim": int(v.shape[0]),
+                                 "vector": to_bytes(v)}])
+        return results
+
+    def _vectors(self, batch: list[Incoming]) -> list:
         texts = [item.value["text"] for item in batch]
         lengths = [min(len(e.ids) + 2, self.max_len)
                    for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -66,10 +78,7 @@ class EmbedStage(Stage):
         for group in token_batches(lengths, self.budget, self.max_size):
             for i, vector in zip(group, self._encode([texts[i] for i in group])):
                 vectors[i] = vector
-        return [
-            [{**item.value, "model_id": self.model_id, "dim": int(v.shape[0]), "vector": to_bytes(v)}]
-            for item, v in zip(batch, vectors)
-        ]
+        return vectors
 
     def _encode(self, texts: list[str]):
         try:
