@@ -119,7 +119,8 @@ def main(
                 from bench import search
 
                 with console.status("search: Qdrant Edge at 100,000 passages ..."):
-                    results["search"] = search.run(bench, passages, model, device, 10_000 if quick else 100_000)
+                    results["search"] = search.run(bench, passages, model, device, 10_000 if quick else 100_000,
+                                                    stage_records=stage_records)
                 console.print("\n".join(search.lines(results["search"])), highlight=False)
         finally:
             bench.close()
