@@ -56,6 +56,10 @@ def _filter(where: dict[str, Any] | None) -> Any:
 class EdgeStore(VectorStore):
     def __init__(self, path: str | Path, indexes: dict[str, IndexType] | None = None) -> None:
         self.root = Path(path)
+        if (self.root / "meta.json").exists() and (self.root / "collection").is_dir():
+            raise RuntimeError(f"{self.root} holds qdrant-client local-mode data, which the store no longer reads: "
+                               "move that folder away and rebuild it with `pipeline replay STORE_STAGE --to-earliest "
+                               "--execute` (the store's input topic still holds the vectors within its retention)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.indexes = {**BUILTIN_INDEXES, **(indexes or {})}
         self._shards: dict[str, Any] = {}
@@ -184,8 +188,8 @@ class EdgeStore(VectorStore):
         return self._dir(self._resolve(name)).is_dir()
 
     def collections(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and not p.name.endswith((OPTIMIZING, REPLACED)))
+        return sorted(p.name for p in self.root.iterdir() if (p / "edge_config.json").exists()
+                      and not p.name.startswith(".") and not p.name.endswith((OPTIMIZING, REPLACED)))
 
     def info(self, name: str) -> dict[str, Any]:
         with self._read:
