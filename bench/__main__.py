@@ -22,7 +22,7 @@ from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.runtime.stage import Incoming, load_stage  # noqa: E402
 from stages.model import DEFAULT_MODEL, encode, load_model, model_id, to_bytes  # noqa: E402
 
-PARTS = ("ceiling", "naive", "embed", "stages", "pipeline")
+PARTS = ("ceiling", "naive", "embed", "stages", "pipeline", "search")
 console = Console()
 
 
@@ -115,6 +115,13 @@ def main(
                     results["pipeline"] = {**measure.whole_pipeline(
                         bench, documents, len(passages), [(d, counts[d["doc_id"]]) for d in steady_docs],
                         steady_seconds), "nearby_ceiling_passages_per_s": nearby}
+            if "search" in chosen:
+                from bench import search
+
+                with console.status("search: Qdrant Edge at 100,000 passages ..."):
+                    results["search"] = search.run(bench, passages, model, device, 10_000 if quick else 100_000,
+                                                    stage_records=stage_records)
+                console.print("\n".join(search.lines(results["search"])), highlight=False)
         finally:
             bench.close()
     report.show(results, console)

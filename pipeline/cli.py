@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import typer
 from rich.markup import escape
 
-from pipeline.commands import ask, dev, dlq, k8s, records, replay, run, schemas, serve, stage, status, topics
+from pipeline.commands import ask, delete, dev, dlq, k8s, records, replay, run, schemas, serve, stage, status, topics
 from pipeline.commands.context import Settings, console
 from pipeline.errors import PipelineError
 
@@ -39,6 +39,7 @@ app.add_typer(k8s.app, name="k8s")
 app.add_typer(stage.app, name="stage")
 app.command()(records.produce)
 app.command()(records.consume)
+app.command()(delete.delete)
 app.command()(run.run)
 app.command()(replay.offsets)
 app.command()(replay.replay)

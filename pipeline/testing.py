@@ -25,7 +25,14 @@ from pipeline.runtime.batch import BatchHandler, Raw, Stopping
 from pipeline.runtime.stage import Stage, load_stage
 from pipeline.runtime.supervisor import spawn, terminate, worker_command
 
-__all__ = ["StageProcess", "StageRun", "TestDeadLetter", "run_stage", "start_stage_process"]
+__all__ = ["StageProcess", "StageRun", "TestDeadLetter", "Tombstone", "run_stage", "start_stage_process"]
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """An input with a null value under this key (a delete keyed by id), for run_stage's records."""
+
+    key: str | bytes | None
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ def _single_object(topology: Topology) -> Topology:
 
 def run_stage(
     stage: str | Stage,
-    records: list[dict[str, Any] | bytes],
+    records: list[dict[str, Any] | bytes | Tombstone],
     config: str | Path | Topology = DEFAULT_CONFIG,
     options: dict[str, Any] | None = None,
     setup: bool = True,
@@ -90,7 +97,7 @@ def run_stage(
     """Run the stage named `stage` in topology `config` over `records`, in-process and without Kafka.
 
     Each dict is encoded with the Avro codec of the stage's input topic (bytes are passed as they are, to test
-    undecodable input); batches of at most batch.max_records go through the runtime's own batch handler
+    undecodable input; a Tombstone is a null value under its key); batches of at most batch.max_records go through the runtime's own batch handler
     (decode, process with bisection of failing batches, Reject -> dead letter, encode with the output topic's
     codec). `options` override the stage's options from the file, validated as topics.yaml's are. The stage's
     setup() runs first and close() last (`setup=False` skips both). A Stage instance may be given instead of
@@ -115,6 +122,8 @@ def run_stage(
     for offset, record in enumerate(records):
         if isinstance(record, bytes):
             value, key = record, None
+        elif isinstance(record, Tombstone):
+            value, key = None, record.key.encode() if isinstance(record.key, str) else record.key
         else:
             try:
                 value = in_codec.encode(record)

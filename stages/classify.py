@@ -74,7 +74,9 @@ class ClassifyStage(Stage):
         by_model: dict[str, list[int]] = {}
         for i, item in enumerate(batch):
             model = item.value["model_id"]
-            if self.knows(model):
+            if item.value.get("deleted"):  # a delete marker passes through without model work
+                results[i] = [{**item.value, "label": "", "score": 0.0, "scores": {}, "classifier_id": ""}]
+            elif self.knows(model):
                 by_model.setdefault(model, []).append(i)
             else:
                 hint = "a head trained on it" if self.mode == "trained" else f"it in stages.{self.name}.options.models"

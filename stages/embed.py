@@ -59,11 +59,17 @@ class EmbedStage(Stage):
             self._encode(["a " * (tokens - 2)] * count)
 
     def process(self, batch: list[Incoming]) -> list[Result]:
-        vectors = self._embed([item.value["text"] for item in batch])
-        return [
-            [{**item.value, "model_id": self.model_id, "dim": int(v.shape[0]), "vector": to_bytes(v)}]
-            for item, v in zip(batch, vectors)
-        ]
+        live = [item for item in batch if not item.value.get("deleted")]
+        vectors = iter(self._embed([item.value["text"] for item in live]))
+        results: list[Result] = []
+        for item in batch:
+            if item.value.get("deleted"):  # a delete marker passes through without model work
+                results.append([{**item.value, "model_id": self.model_id, "dim": 0, "vector": b""}])
+            else:
+                v = next(vectors)
+                results.append([{**item.value, "model_id": self.model_id, "dim": int(v.shape[0]),
+                                 "vector": to_bytes(v)}])
+        return results
 
     def _embed(self, texts: list[str], lengths: list[int] | None = None) -> list:
         """One vector per text, encoded in length-sorted forward passes within the token budget."""

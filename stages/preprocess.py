@@ -94,6 +94,7 @@ class PreprocessStage(Stage):
         max_chars: int = Field(1_000_000, ge=1)  # longer documents are rejected
 
     options: Options
+    accepts_tombstones = True  # a null value keyed by doc id deletes that document: forwarded as a delete marker
 
     def setup(self) -> None:
         self.tokenizer = load_tokenizer(self.options.model)
@@ -112,21 +113,27 @@ class PreprocessStage(Stage):
         return pieces, lengths
 
     def process(self, batch: list[Incoming]) -> list[Result]:
-        docs: list[list[str] | Reject] = []
+        docs: list[list[str] | Reject | dict] = []
         for item in batch:
+            if item.value is None:
+                docs.append(self._delete_marker(item))
+                continue
             text = item.value["text"]
             if len(text) > self.max_chars:
                 docs.append(Reject("too-large", f"{len(text)} characters, the limit is {self.max_chars}"))
                 continue
             sentences = normalise(text)
             docs.append(sentences or Reject("empty-text", "no text left after normalisation"))
-        flat = [s for d in docs if not isinstance(d, Reject) for s in d]
+        flat = [s for d in docs if isinstance(d, list) for s in d]
         # encode_batch_fast skips character offsets, which counting does not need (a third faster).
         counts = iter([len(e) for e in self.tokenizer.encode_batch_fast(flat, add_special_tokens=False)])
         results: list[Result] = []
         for item, doc in zip(batch, docs):
             if isinstance(doc, Reject):
                 results.append(doc)
+                continue
+            if isinstance(doc, dict):
+                results.append([doc])
                 continue
             sentences, lengths = [], []
             for sentence in doc:
@@ -137,10 +144,22 @@ class PreprocessStage(Stage):
             results.append(self._passages(item, pack(sentences, lengths, self.budget, self.overlap)))
         return results
 
+    def _delete_marker(self, item: Incoming) -> dict | Reject:
+        """A tombstone keyed by doc id -> one Passage with deleted=true and empty content (embed and classify
+        pass it on, the store deletes every passage of the document)."""
+        try:
+            doc_id = item.key.decode() if item.key else ""
+        except UnicodeDecodeError:
+            doc_id = ""
+        if not doc_id:
+            return Reject("tombstone-without-key", "a null value deletes the document its key names; this one has "
+                          "no (UTF-8) key")
+        return {"doc_id": doc_id, "passage_index": 0, "passage_count": 0, "text": "", "content_hash": "",
+                "title": None, "source": None, "metadata": {}, "lineage": _lineage(item), "deleted": True}
+
     def _passages(self, item: Incoming, passages: list[str]) -> list[dict]:
         doc = item.value
-        lineage = {"topic": item.topic, "partition": item.partition, "offset": item.offset,
-                   "ingest_time_ms": item.timestamp_ms}
+        lineage = _lineage(item)
         return [
             {
                 "doc_id": doc["doc_id"], "passage_index": i, "passage_count": len(passages), "text": text,
@@ -149,3 +168,8 @@ class PreprocessStage(Stage):
             }
             for i, text in enumerate(passages)
         ]
+
+
+def _lineage(item: Incoming) -> dict:
+    return {"topic": item.topic, "partition": item.partition, "offset": item.offset,
+            "ingest_time_ms": item.timestamp_ms}

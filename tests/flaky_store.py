@@ -1,4 +1,4 @@
-"""A store stage whose Qdrant client fails like an unreachable server while a flag file exists (test fault)."""
+"""A store stage whose vector store fails like an unreachable Qdrant server while a flag file exists (test fault)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class FlakyStoreStage(StoreStage):
 
     def setup(self) -> None:
         super().setup()
-        self.client = _Outage(self.client, Path(self.options.outage_flag))
+        self.store = _Outage(self.store, Path(self.options.outage_flag))
 
 
 class PoisonStoreStage(StoreStage):

@@ -31,7 +31,7 @@ NS = "pipeline.docs."
 LINEAGE = {"topic": "docs.raw", "partition": 2, "offset": 41, "ingest_time_ms": 1_700_000_000_123}
 PASSAGE = {
     "doc_id": "d1", "passage_index": 0, "passage_count": 2, "text": "Héllo wörld ✓", "content_hash": "ab" * 32,
-    "title": "T", "source": None, "metadata": {"label": "maths"}, "lineage": LINEAGE,
+    "title": "T", "source": None, "metadata": {"label": "maths"}, "lineage": LINEAGE, "deleted": False,
 }
 EMBEDDED = {**PASSAGE, "model_id": "all-MiniLM-L6-v2", "dim": 3, "vector": struct.pack("<3f", 0.5, -0.25, 1.0)}
 REASONS = {EmptyValue: "empty-value", TruncatedHeader: "truncated-header", BadMagic: "bad-magic",
@@ -101,7 +101,7 @@ SINGLE_OBJECT_FAULTS = [
     ("unknown fingerprint", lambda v: MAGIC + bytes(range(1, 9)) + v[10:], UnknownSchema,
      ["unknown schema fingerprint 0102030405060708", "add the writer's .avsc"]),
     ("body cut short", lambda v: v[:-5], CorruptRecord,
-     ["corrupt pipeline.docs.Passage body (v1,", f"{len(PASSAGE_BYTES) - 15} byte(s) after the header"]),
+     ["corrupt pipeline.docs.Passage body (v2,", f"{len(PASSAGE_BYTES) - 15} byte(s) after the header"]),
     ("header only", lambda v: v[:10], CorruptRecord, ["corrupt pipeline.docs.Passage body", "0 byte(s) after"]),
     ("trailing bytes", lambda v: v + b"\x00\x01", CorruptRecord,
      ["2 unexpected trailing byte(s) after a pipeline.docs.Passage record",

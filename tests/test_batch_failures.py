@@ -62,7 +62,8 @@ class _OutOfMemoryBelow(Stage):
 def test_out_of_memory_halves_the_batch_and_skips_nothing(topology) -> None:
     path, topo = topology
     assert run_cli("-c", str(path), "topics", "apply").returncode == 0
-    stage = _OutOfMemoryBelow("store", topo.stages["store"], topo)
+    spec = topo.stages["store"].model_copy(update={"options": {}})  # the store's options are not this stage's
+    stage = _OutOfMemoryBelow("store", spec, topo)
     handler = BatchHandler(stage, topo)
     handler.stopping.wait = lambda seconds: None  # no real back-off sleeps in the test
     codec = codec_for(topo, topo.stages["store"].input)

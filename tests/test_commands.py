@@ -39,3 +39,32 @@ def test_demo_runs_the_whole_pipeline(topology) -> None:
     quality = re.search(r"accuracy ([\d.]+), macro-F1 ([\d.]+) over (\d+) passages", report)
     assert quality and int(quality[3]) == int(row[1]) and float(quality[1]) > 0.5
     assert "search:" in report and "stages stopped" in report
+
+
+def test_search_where_and_collections_optimize_on_an_embedded_store(tmp_path: Path) -> None:
+    """No stage runs: the commands open the store's Qdrant Edge folder themselves."""
+    from pipeline.testing import run_stage
+    from tests.conftest import write_topology
+
+    path, _ = write_topology(tmp_path, "127.0.0.1:1")
+    docs = [{"doc_id": d, "text": f"{text} Second sentence of {d}."} for d, text in
+            (("sock", "Open a TCP socket to the server."), ("csv", "Parse a CSV file into rows."),
+             ("lock", "Guard shared state with a lock between threads."))]
+    records = docs
+    for stage in ("preprocess", "embed", "classify", "store"):
+        run = run_stage(stage, records, path)
+        assert run.dead_letters == []
+        records = run.outputs
+    found = run_cli("-c", str(path), "search", "network socket", "-k", "3", "--where", "doc_id=csv",
+                    "--where", "passage_index=0", timeout=120)
+    assert found.returncode == 0, found.stderr
+    rows = [line for line in found.stderr.splitlines() if "│" in line and " csv " in line]
+    assert len(rows) == 1 and " sock " not in found.stderr
+    assert "vector store" in found.stderr and " ms" in found.stderr  # timing shown
+    bad = run_cli("-c", str(path), "search", "x", "--where", "nokey")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+    optimized = run_cli("-c", str(path), "collections", "optimize")
+    assert optimized.returncode == 0, optimized.stderr
+    assert "docs--all-MiniLM-L6-v2: 3 points" in optimized.stderr and "done in" in optimized.stderr
+    listed = run_cli("-c", str(path), "collections", "list")
+    assert listed.returncode == 0 and "in HNSW index" in listed.stderr

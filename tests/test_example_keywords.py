@@ -34,8 +34,6 @@ def test_example_schemas_are_the_repos_plus_one() -> None:
 
 
 def test_keywords_stored_and_searchable(kafka: str, tmp_path: Path) -> None:
-    from qdrant_client import QdrantClient, models
-
     path, topo = _example_topology(tmp_path, kafka)
     assert run_cli("-c", str(path), "topics", "apply").returncode == 0
     docs = [json.loads(line) for line in (ROOT / "stages" / "data" / "sample.jsonl").read_text().splitlines()]
@@ -75,11 +73,10 @@ def test_keywords_stored_and_searchable(kafka: str, tmp_path: Path) -> None:
     counts = Counter(k for p in points.values() for k in p["keywords"])
     keyword = sorted((k for k in counts if counts[k] < len(points)), key=lambda k: (-counts[k], k))[0]
     having = {pid for pid, p in points.items() if keyword in p["keywords"]}
-    client = QdrantClient(path=qdrant)
+    store = load_stage(topo, "store")
+    store.setup()
     try:
-        vector = client.retrieve("docs", [next(iter(having))], with_vectors=True)[0].vector
-        hits = client.query_points("docs", query=vector, limit=100, query_filter=models.Filter(must=[
-            models.FieldCondition(key="keywords", match=models.MatchValue(value=keyword))])).points
+        hits = store.search({"vector": [1.0] * 384, "k": 100, "where": {"keywords": keyword}})["hits"]
     finally:
-        client.close()
-    assert {str(h.id) for h in hits} == having and len(having) < len(points)
+        store.close()
+    assert {h["id"] for h in hits} == having and len(having) < len(points)

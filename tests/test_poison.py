@@ -41,7 +41,7 @@ def _corpus(topo, raw_topic: str) -> tuple[list[tuple[str, bytes | None, bytes |
     bad = [
         ("bad-magic", b"k1", bytes(range(256))),                        # random bytes
         ("empty-value", b"k2", b""),                                     # empty value
-        ("empty-value", b"k3", None),                                    # tombstone
+        ("tombstone-without-key", None, None),                           # tombstone (keyed: a delete)
         ("bad-magic", b"k4", b"\xc3\x02" + valid[2:]),                   # wrong magic
         ("bad-magic", b"k5", b'{"doc_id": "json", "text": "not avro"}'),  # JSON instead of Avro
         ("unknown-schema", b"k6", MAGIC + b"\x01" * 8 + valid[10:]),     # unknown fingerprint

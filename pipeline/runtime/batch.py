@@ -33,7 +33,7 @@ class Raw:
     """A consumed message as bytes, as the loop hands it to the batch thread."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     topic: str
     partition: int
     offset: int
@@ -112,8 +112,9 @@ class BatchHandler:
         incoming: list[Incoming] = []
         sources: list[Raw] = []
         for raw in raws:
+            tombstone = raw.value is None and self.stage.accepts_tombstones
             try:
-                value = self.in_codec.decode(raw.value)
+                value = None if tombstone else self.in_codec.decode(raw.value)
             except AvroError as exc:
                 dead.append(Dead(raw, exc.reason, type(exc).__name__, str(exc)))
                 continue
@@ -238,7 +239,7 @@ def _check(barrier: Barrier, failures: list | None) -> None:
 
 def ingest_time_ms(item: Incoming) -> int:
     """When the record's source entered the pipeline: its lineage.ingest_time_ms where it carries one."""
-    lineage = item.value.get("lineage")
+    lineage = item.value.get("lineage") if item.value is not None else None
     return lineage.get("ingest_time_ms", item.timestamp_ms) if isinstance(lineage, dict) else item.timestamp_ms
 
 

@@ -15,9 +15,10 @@ from pipeline.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One decoded input record with where it came from."""
+    """One decoded input record with where it came from; `value` is None for a tombstone (a null value), which
+    only a stage with `accepts_tombstones = True` is handed."""
 
-    value: dict[str, Any]
+    value: dict[str, Any] | None
     key: bytes | None
     topic: str
     partition: int
@@ -57,6 +58,9 @@ class Stage:
     """Base class of a stage. Subclasses implement `process`; the runtime owns Kafka, offsets and failures."""
 
     Options: type[Options] = Options  # a stage with options overrides this with its own model
+    # True: a tombstone (null value, e.g. a delete keyed by id) reaches process() as Incoming(value=None);
+    # False: the runtime dead-letters it as "empty-value".
+    accepts_tombstones: bool = False
 
     def __init__(self, name: str, spec: StageSpec, topology: Topology) -> None:
         self.name = name

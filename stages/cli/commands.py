@@ -4,6 +4,7 @@ embedding, classify and store stages by their class, never by their name in topi
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from stages.classify import ClassifyStage
 from stages.embed import EmbedStage
 from stages.model import encode, load_model, model_id
 from stages.store import StoreStage
+from stages.vectorstore import parse_where
 
 classifier_app = typer.Typer(help="Train and check the classify stage's trained head.", no_args_is_help=True)
 collections_app = typer.Typer(help="The store's Qdrant collections (one per model) and the alias search uses.",
@@ -78,20 +80,33 @@ def search(
     ctx: typer.Context,
     query: str = typer.Argument(..., help="Text to search for."),
     label: str = typer.Option(None, "--label", "-l", help="Only passages with this label."),
+    where: list[str] = typer.Option(None, "--where", "-w", help="Only passages whose payload field KEY has "
+                                    "VALUE (KEY=VALUE, repeatable; metadata.lang=en reaches into metadata)."),
     k: int = typer.Option(5, "-k", min=1, help="How many hits."),
     collection: str = typer.Option(None, help="Collection or alias (default: the store stage's)."),
 ) -> None:
-    """Embed the query with the pipeline's model and show the nearest stored passages."""
+    """Embed the query with the pipeline's model and show the nearest stored passages, and how long it took."""
+    try:
+        conditions = parse_where(where or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--where") from None
     topology = settings(ctx).topology()
+    started = time.perf_counter()
     vector = embed_query(topology, [query])[0]
-    hits = search_store(topology, {"vector": vector.tolist(), "k": k, "label": label, "collection": collection})
-    table = Table("score", "label", "doc id", "passage", "snippet", title=f"search: {query}")
+    embedded = time.perf_counter()
+    found = store_call(topology, "/search", {"vector": vector.tolist(), "k": k, "label": label,
+                                             "where": conditions, "collection": collection})
+    done = time.perf_counter()
+    hits = found["hits"]
+    caption = (f"embed {1000 * (embedded - started):.0f} ms, search {1000 * (done - embedded):.0f} ms "
+               f"(vector store {found.get('took_ms', 0):.1f} ms)")
+    table = Table("score", "label", "doc id", "passage", "snippet", title=f"search: {query}", caption=caption)
     for hit in hits:
         p = hit["payload"]
         snippet = p["text"][:90] + ("…" if len(p["text"]) > 90 else "")
         table.add_row(f"{hit['score']:.3f}", p["label"], escape(p["doc_id"]),
                       f"{p['passage_index'] + 1}/{p['passage_count']}", escape(snippet))
-    console.print(table if hits else "no hits (is anything stored yet?)")
+    console.print(table if hits else f"no hits (is anything stored yet?); {caption}")
 
 
 @classifier_app.command()
@@ -138,12 +153,16 @@ def train(
 
 @collections_app.command("list")
 def list_collections(ctx: typer.Context) -> None:
-    """Collections behind the store's alias, their sizes, and which one search uses."""
+    """Collections behind the store's alias, their sizes and HNSW index, and which one search uses."""
     found = store_call(settings(ctx).topology(), "/collections", {})
-    table = Table("collection", "points", "alias", title=f"alias {found['alias']} -> {found['target']}")
+    table = Table("collection", "points", "in HNSW index", "alias", title=f"alias {found['alias']} -> {found['target']}")
     for c in found["collections"]:
-        table.add_row(c["name"], str(c["points"]), found["alias"] if c["active"] else "", style="bold" if c["active"] else "")
+        indexed = "?" if c.get("indexed") is None else str(c["indexed"])
+        table.add_row(c["name"], str(c["points"]), indexed, found["alias"] if c["active"] else "",
+                      style="bold" if c["active"] else "")
     console.print(table)
+    if found.get("optimizing"):
+        console.print("building an HNSW index now (searches go on; writes wait)")
 
 
 @collections_app.command()
@@ -151,3 +170,24 @@ def promote(ctx: typer.Context, collection: str = typer.Argument(..., help="Coll
     """Switch the alias to COLLECTION atomically (search never sees a gap); the previous one stays intact."""
     done = store_call(settings(ctx).topology(), "/promote", {"collection": collection})
     console.print(f"alias {done['alias']}: {done['previous']} -> [bold]{done['target']}[/]")
+
+
+@collections_app.command()
+def optimize(ctx: typer.Context, timeout: float = typer.Option(3600, help="Seconds to wait for the index build.")) -> None:
+    """Build the HNSW index of every collection behind the alias now (the store also does it when idle and after a
+    backfill); searches go on meanwhile, exact until the index is ready."""
+    topology = settings(ctx).topology()
+    started = time.perf_counter()
+    store_call(topology, "/optimize", {})
+    deadline = time.monotonic() + timeout
+    with console.status("building the HNSW index ..."):
+        while True:
+            found = store_call(topology, "/collections", {})
+            if not found.get("optimizing"):
+                break
+            if time.monotonic() > deadline:
+                raise PipelineError(f"the index build still runs after {timeout:.0f}s; see `pipeline collections list`")
+            time.sleep(0.5)
+    for c in found["collections"]:
+        console.print(f"{escape(c['name'])}: {c['points']} points, {c.get('indexed', '?')} in the HNSW index")
+    console.print(f"done in {time.perf_counter() - started:.1f}s")
