@@ -36,6 +36,9 @@ class KeywordsStage(Stage):
         results: list[Result] = []
         for item in batch:
             record = item.value
+            if record.get("deleted"):  # a delete marker (the document was deleted) passes through
+                results.append([{**record, "keywords": []}])
+                continue
             if not record["text"].strip():
                 results.append(Reject("empty-text", "the passage has no text to take keywords from"))
                 continue
