@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -165,21 +166,25 @@ def test_every_message_reaches_kafka_through_a_sigkill_and_poison_is_dead_letter
         tmp_path: Path, kafka: str, source_kind):
     kind, urls = source_kind
     source, side = side_for(kind, urls)
-    path, topology = bridge_topology(tmp_path, kafka, kind, source)
+    path, topology = bridge_topology(tmp_path, kafka, kind, {**source, "batch": 5})
     ingest, dead = topology.ingest_topic(), topology.bridges.sources[kind].dead_letter
     ids = [f"{kind}-{i:04d}" for i in range(N)]
-    if kind == "nats":  # the bridge creates the stream for its subject; the test publishes first, so it does
+    if kind == "nats":  # the test publishes first, so it makes the stream the bridge would make
         side.publish([])
-    half = N // 2
-    side.publish([doc(i) for i in ids[:half]] + list(POISON))
+    side.publish(list(POISON) + [doc(i) for i in ids[:20]])
+    # The rest arrives while the bridge runs, is killed and restarts, so the kill falls mid-flow.
+    publisher = threading.Thread(target=lambda: [(side.publish([doc(i) for i in ids[k:k + 10]]), time.sleep(0.1))
+                                                 for k in range(20, N, 10)])
     log = tmp_path / f"bridge-{kind}.log"
     bridge = start_bridge(path, kind, tmp_path)
     try:
         wait_until(lambda: len(records(topology, ingest)) > 0, 60, "the first records", bridge, log)
-        bridge.send_signal(signal.SIGKILL)  # mid-flow: whatever it read and had not acked comes again
+        publisher.start()
+        time.sleep(0.5)
+        bridge.send_signal(signal.SIGKILL)  # whatever it read and had not acked comes again
         bridge.wait(10)
-        side.publish([doc(i) for i in ids[half:]])
         bridge = start_bridge(path, kind, tmp_path)
+        publisher.join(60)
         wait_until(lambda: {r.value["doc_id"] for r in records(topology, ingest)} >= set(ids), 120,
                    "every doc id on the ingest topic", bridge, log)
         wait_until(lambda: len(records(topology, dead)) >= len(POISON), 30, "the dead letters", bridge, log)

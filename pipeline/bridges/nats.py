@@ -51,7 +51,7 @@ class NatsSource(Source):
         return info.num_pending + info.num_ack_pending
 
     async def close(self) -> None:
-        await self.client.drain()
+        await self.client.close()  # not drain(): a pending pull request would hold it for the drain timeout
 
 
 class NatsPublisher:
