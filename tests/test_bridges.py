@@ -20,11 +20,13 @@ import pytest
 import redis
 import yaml
 
+from pipeline.avro.codecs import codec_for
 from pipeline.config import Topology
 from pipeline.dev import sandbox
 from pipeline.kafka.consume import consume
 from pipeline.kafka.dlq import read_headers
-from tests.conftest import PIPELINE, ROOT, run_cli, write_topology
+from pipeline.kafka.sender import Sender
+from tests.conftest import PIPELINE, PORT_SHIFT, ROOT, run_cli, write_topology
 
 N = 300
 MAX_BYTES = 20_000
@@ -243,3 +245,110 @@ def test_redis_xautoclaim_takes_over_a_dead_bridges_entries(tmp_path: Path, kafk
         bridge.wait(30)
     consumers = {c["name"].decode(): c["pending"] for c in side.client.xinfo_consumers(side.stream, side.group)}
     assert consumers.get("bridge-a", 0) == 0 and "bridge-b" in consumers
+
+
+# --- sinks: a Kafka topic out to each server, on the stage runtime, through a kill -9 --------------------------
+
+def sink_topology(folder: Path, kafka: str, name: str, sink: dict) -> tuple[Path, Topology]:
+    path, topology = write_topology(folder, kafka, partitions=1)
+    raw = yaml.safe_load(path.read_text())
+    prefix = topology.ingest_topic().removesuffix("docs.raw")
+    raw["topics"][f"{prefix}docs.dlq.bridge"] = {"partitions": 1}
+    raw["bridges"] = {"sinks": {name: {"topic": topology.ingest_topic(), "group": f"{prefix}bridge-{name}",
+                                       "dead_letter": f"{prefix}docs.dlq.bridge", "web_port": 6120 + PORT_SHIFT,
+                                       "batch": {"max_records": 20, "max_wait_ms": 20}, **sink}}}
+    path, topology = sandbox.write(raw, folder, ROOT / "schemas")
+    assert run_cli("-c", str(path), "topics", "apply").returncode == 0
+    return path, topology
+
+
+def produce_docs(topology: Topology, ids: list[str]) -> None:
+    topic = topology.ingest_topic()
+    codec, sender = codec_for(topology, topic), Sender(topology)
+    for i in ids:
+        sender.send(topic, codec.encode(json.loads(doc(i))), i.encode())
+    assert sender.flush(30).ok
+
+
+async def _rabbit_out(url: str, exchange: str, queue: str, declare: bool) -> list[bytes]:
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    if declare:
+        ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        q = await channel.declare_queue(queue, durable=True)
+        await q.bind(ex)
+        await connection.close()
+        return []
+    q = await channel.declare_queue(queue, durable=True)
+    bodies = []
+    while (message := await q.get(no_ack=True, fail=False)) is not None:
+        bodies.append(message.body)
+    await connection.close()
+    return bodies
+
+
+async def _nats_out(url: str, stream: str, subject: str, declare: bool) -> list[bytes]:
+    client = await nats.connect(url)
+    js = client.jetstream()
+    if declare:
+        await js.add_stream(name=stream, subjects=[subject])
+        await client.close()
+        return []
+    count = (await js.stream_info(stream)).state.messages
+    bodies = [(await js.get_msg(stream, seq)).data for seq in range(1, count + 1)]
+    await client.close()
+    return bodies
+
+
+def sink_side(kind: str, url: str):
+    """The sink's settings and a function returning every body the server got so far (read once, kept here)."""
+    tag = uuid.uuid4().hex[:8]
+    if kind == "redis":
+        client = redis.Redis.from_url(url)
+        return {"kind": "redis", "url": url, "stream": f"out-{tag}", "maxlen": 100_000}, \
+            lambda: [fields[b"body"] for _, fields in client.xrange(f"out-{tag}")]
+    if kind == "rabbitmq":
+        asyncio.run(_rabbit_out(url, f"out-{tag}", f"out-{tag}", True))
+        got: list[bytes] = []
+        return {"kind": "rabbitmq", "url": url, "exchange": f"out-{tag}", "format": "avro"}, \
+            lambda: got.extend(asyncio.run(_rabbit_out(url, f"out-{tag}", f"out-{tag}", False))) or got
+    asyncio.run(_nats_out(url, f"OUT-{tag}", f"out.{tag}", True))
+    return {"kind": "nats", "url": url, "subject": f"out.{tag}", "jetstream": True}, \
+        lambda: asyncio.run(_nats_out(url, f"OUT-{tag}", f"out.{tag}", False))
+
+
+def test_each_sink_delivers_every_record_through_a_kill_9(tmp_path: Path, kafka: str, source_kind):
+    kind, urls = source_kind
+    sink, received = sink_side(kind, urls[kind])
+    path, topology = sink_topology(tmp_path, kafka, kind, sink)
+    ids = [f"out-{i:04d}" for i in range(200)]
+    produce_docs(topology, ids[:100])
+    codec = codec_for(topology, topology.ingest_topic())
+    decode = codec.decode if sink.get("format") == "avro" else json.loads
+
+    def doc_ids() -> list[str]:
+        return [decode(body)["doc_id"] for body in received()]
+
+    log = tmp_path / f"sink-{kind}.log"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([*PIPELINE, "-c", str(path), "bridge", "out", kind, "--loglevel", "warn"], cwd=ROOT,
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+    worker = start()
+    try:
+        wait_until(lambda: len(doc_ids()) > 0, 90, "the first published records", worker, log)
+        worker.send_signal(signal.SIGKILL)  # published but not committed records come again
+        worker.wait(10)
+        produce_docs(topology, ids[100:])
+        worker = start()
+        wait_until(lambda: set(doc_ids()) >= set(ids), 90, "every record at the sink", worker, log)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    found = Counter(doc_ids())
+    assert set(found) == set(ids)
+    duplicates = sum(found.values()) - len(ids)
+    print(f"{kind} sink: {len(ids)} records, {duplicates} duplicate(s) after one kill -9")
+    if kind == "nats":  # JetStream dropped every republished record by its Nats-Msg-Id
+        assert duplicates == 0
