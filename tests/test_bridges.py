@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -26,7 +27,7 @@ from pipeline.dev import sandbox
 from pipeline.kafka.consume import consume
 from pipeline.kafka.dlq import read_headers
 from pipeline.kafka.sender import Sender
-from tests.conftest import PIPELINE, PORT_SHIFT, ROOT, run_cli, write_topology
+from tests.conftest import PIPELINE, PORT_SHIFT, REDIS_TEST_PORT, ROOT, run_cli, write_topology
 
 N = 300
 MAX_BYTES = 20_000
@@ -352,3 +353,56 @@ def test_each_sink_delivers_every_record_through_a_kill_9(tmp_path: Path, kafka:
     print(f"{kind} sink: {len(ids)} records, {duplicates} duplicate(s) after one kill -9")
     if kind == "nats":  # JetStream dropped every republished record by its Nats-Msg-Id
         assert duplicates == 0
+
+
+def metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_a_redis_outage_gives_retries_and_a_stuck_metric_and_loses_nothing(tmp_path: Path, kafka: str):
+    from pipeline.dev.servers import REDIS, LocalServer
+
+    server = LocalServer(REDIS, tmp_path / "redis", REDIS_TEST_PORT + 5)
+    server.up()
+    port = 6130 + PORT_SHIFT
+    source, side = side_for("redis", {"redis": server.url})
+    path, topology = bridge_topology(tmp_path, kafka, "redis", {**source, "web_port": port})
+    ingest = topology.ingest_topic()
+    before, after = [f"before-{i:03d}" for i in range(50)], [f"after-{i:03d}" for i in range(50)]
+    side.publish([doc(i) for i in before])
+    log = tmp_path / "bridge-redis.log"
+    bridge = start_bridge(path, "redis", tmp_path)
+    try:
+        wait_until(lambda: {r.value["doc_id"] for r in records(topology, ingest)} >= set(before), 60, "the first 50",
+                   bridge, log)
+        wait_until(lambda: metric(port, "pipeline_bridge_messages_out_total") == 50, 20, "50 out", bridge, log)
+        assert metric(port, "pipeline_bridge_messages_in_total") == 50
+        assert metric(port, "pipeline_bridge_acked_total") == 50 and metric(port, "pipeline_bridge_stuck") == 0
+        server.down()
+        wait_until(lambda: metric(port, "pipeline_bridge_stuck") == 1, 30, "the stuck metric", bridge, log)
+        retries = metric(port, "pipeline_bridge_retries_total")
+        assert retries >= 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            assert response.status == 200
+        server.up()  # same folder: the append-only file brings the stream and its group back
+        side.publish([doc(i) for i in after])
+        wait_until(lambda: {r.value["doc_id"] for r in records(topology, ingest)} >= set(before + after), 60,
+                   "every doc id after the outage", bridge, log)
+        wait_until(lambda: metric(port, "pipeline_bridge_stuck") == 0, 20, "stuck back to 0", bridge, log)
+        wait_until(lambda: metric(port, "pipeline_bridge_source_backlog") == 0, 20, "backlog 0", bridge, log)
+    finally:
+        bridge.send_signal(signal.SIGTERM)
+        bridge.wait(30)
+        try:
+            assert side.unacked() == 0
+        finally:
+            server.down()
+    assert {r.value["doc_id"] for r in records(topology, ingest)} == set(before + after)

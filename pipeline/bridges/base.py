@@ -10,10 +10,11 @@ import logging
 import signal
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.avro.codecs import codec_for
+from pipeline.bridges.metrics import BridgeMetrics, web_app
 from pipeline.avro.schemas import AvroError
 from pipeline.config import BridgeSource, Topology
 from pipeline.errors import PipelineError
@@ -26,6 +27,7 @@ log = logging.getLogger("pipeline.bridge")
 FLUSH_SLICE_S = 5.0  # a flush waits this long at a time, then tells the source the batch is still in progress
 STUCK_AFTER_S = 300.0  # a batch Kafka has not taken by then: exit without acking (the source redelivers it)
 SEND_ATTEMPTS = 5
+BACKLOG_EVERY_S = 5.0
 
 
 @dataclass
@@ -126,19 +128,6 @@ class Converter:
         return value, key
 
 
-@dataclass
-class Counts:
-    read: int = 0
-    produced: int = 0
-    dead_lettered: int = 0
-    acked: int = 0
-    batches: int = 0
-    retries: int = 0
-    stuck: int = 0
-    backlog: int | None = None
-    started: float = field(default_factory=time.time)
-
-
 class SourceBridge:
     """One `pipeline bridge in NAME` process: the loop around a Source."""
 
@@ -151,17 +140,19 @@ class SourceBridge:
         self.dead_letter = self.spec.dead_letter
         self.dead_letter_limit = Limit.read(topology, self.dead_letter)
         self.sender = Sender(topology)
-        self.counts = Counts()
+        self.m = BridgeMetrics(name, self.spec.kind)
+        self.ready = False
         self.stopping = asyncio.Event()
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message) -> bool:
+        """Hand the message to the producer: to the target topic (True) or the dead-letter topic (False)."""
         converted = self.converter.convert(message.body)
         if isinstance(converted, Refused):
             self._dead_letter(message, converted)
-        else:
-            value, key = converted
-            self.sender.send(self.converter.topic, value, key, tag=message)
-            self.counts.produced += 1
+            return False
+        value, key = converted
+        self.sender.send(self.converter.topic, value, key, tag=message)
+        return True
 
     def _dead_letter(self, message: Message, refused: Refused) -> None:
         headers = error_headers(f"bridge-{self.name}", refused.reason, refused.error_class, refused.message,
@@ -173,13 +164,12 @@ class SourceBridge:
             headers.append((PREFIX + "truncated_from", str(len(body)).encode()))
             body = body[:room]
         self.sender.send(self.dead_letter, body, None, headers, tag=message)
-        self.counts.dead_lettered += 1
+        self.m.dead_letters.inc()
         log.warning("%s: message %s dead-lettered (%s): %s", self.name, message.id, refused.reason, refused.message)
 
     async def deliver(self, batch: list[Message]) -> None:
         """Every message of the batch in Kafka (target or dead-letter topic), or PipelineError; never partly."""
-        for message in batch:
-            self._send(message)
+        produced = sum(self._send(message) for message in batch)
         started = time.monotonic()
         for attempt in range(1, SEND_ATTEMPTS + 1):
             failures = []
@@ -188,15 +178,16 @@ class SourceBridge:
                 failures += barrier.failures
                 if not barrier.unacked:
                     break
-                self.counts.stuck = 1
+                self.m.stuck.set(1)
                 if time.monotonic() - started > STUCK_AFTER_S:
                     raise PipelineError(f"Kafka has not acknowledged {barrier.unacked} record(s) in "
                                         f"{STUCK_AFTER_S:.0f}s; nothing of this batch was acked at the source")
                 await self.source.in_progress(batch)
-            self.counts.stuck = 0
+            self.m.stuck.set(0)
             if not failures:
+                self.m.messages_out.inc(produced)
                 return
-            self.counts.retries += 1
+            self.m.retries.inc()
             log.warning("%s: %d record(s) not acknowledged (%s), sending them again (attempt %d)", self.name,
                         len(failures), failures[0], attempt)
             await self.source.in_progress(batch)
@@ -205,8 +196,28 @@ class SourceBridge:
         raise PipelineError(f"Kafka refused records {SEND_ATTEMPTS} times ({failures[0]}); nothing of this batch "
                             "was acked at the source, which will deliver it again")
 
+    async def _watch_backlog(self) -> None:
+        while True:
+            try:
+                backlog = await self.source.backlog()
+                if backlog is not None:
+                    self.m.backlog.set(backlog)
+            except Exception as exc:  # the source is away: the read loop says so
+                log.debug("%s: backlog unknown (%s)", self.name, exc)
+            await asyncio.sleep(BACKLOG_EVERY_S)
+
+    async def _serve(self, port: int) -> None:
+        from aiohttp import web
+
+        runner = web.AppRunner(web_app(self.m, lambda: self.ready))
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", port).start()
+
     async def run(self) -> None:
+        if self.spec.web_port:
+            await self._serve(self.spec.web_port)
         await self.source.open()
+        watcher = asyncio.create_task(self._watch_backlog())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -217,21 +228,25 @@ class SourceBridge:
             while not self.stopping.is_set():
                 try:
                     batch = await self.source.read()
-                    failing = 0
+                    failing, self.ready = 0, True
+                    self.m.stuck.set(0)
                 except Exception as exc:  # the source server is away: its client reconnects; wait and read again
                     failing += 1
-                    self.counts.stuck = 1
+                    self.ready = False
+                    self.m.retries.inc()
+                    self.m.stuck.set(1)
                     log.warning("%s: reading from %s failed (%s: %s); retrying", self.name, self.source.where,
                                 type(exc).__name__, exc)
                     await asyncio.sleep(min(0.5 * failing, 5))
                     continue
                 if not batch:
                     continue
-                self.counts.read += len(batch)
+                self.m.messages_in.inc(len(batch))
                 await self.deliver(batch)
                 await self._ack(batch)
-                self.counts.batches += 1
+                self.m.batches.inc()
         finally:
+            watcher.cancel()
             await self.source.close()
 
     async def _ack(self, batch: list[Message]) -> None:
@@ -239,9 +254,10 @@ class SourceBridge:
         for attempt in range(1, 11):
             try:
                 await self.source.ack(batch)
-                self.counts.acked += len(batch)
+                self.m.acked.inc(len(batch))
                 return
             except Exception as exc:
+                self.m.retries.inc()
                 log.warning("%s: ack at %s failed (%s); retrying", self.name, self.source.where, exc)
                 await asyncio.sleep(min(0.5 * attempt, 5))
         log.error("%s: could not ack %d message(s); the source will deliver them again", self.name, len(batch))
