@@ -47,8 +47,10 @@ class RabbitSource(Source):
         return [Message(m.body, m.message_id or str(m.delivery_tag), m) for m in got]
 
     async def ack(self, messages: list[Message]) -> None:
-        for message in messages:
-            await message.handle.ack()
+        # One ack for the batch: it holds the channel's oldest unacked deliveries (read in order, acked before the
+        # next read), so `multiple` up to its last delivery tag acks exactly these.
+        last = max(messages, key=lambda m: m.handle.delivery_tag)
+        await last.handle.ack(multiple=True)
 
     async def backlog(self) -> int | None:
         declared = await self.channel.declare_queue(self.spec.queue, passive=True)
