@@ -185,6 +185,9 @@ class BridgeSource(_BridgeEnd):
     group: str | None = None  # Redis consumer group; default: pipeline-bridge-NAME
     queue: str | None = None
     max_priority: int | None = Field(None, ge=1, le=255)  # RabbitMQ x-max-priority of the declared queue
+    # RabbitMQ x-dead-letter-exchange of the declared queue: a batch Kafka refuses for good is nacked there
+    # instead of the bridge exiting (poison still goes to `dead_letter` on Kafka).
+    dead_letter_exchange: str | None = None
     batch: int = Field(100, ge=1)  # messages read, produced and acknowledged together
     block_ms: int = Field(1000, ge=1)  # how long a read waits for the first message
     topic: str | None = None  # Kafka target; None: the ingest topic (the first stage's input)

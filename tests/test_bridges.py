@@ -406,3 +406,40 @@ def test_a_redis_outage_gives_retries_and_a_stuck_metric_and_loses_nothing(tmp_p
         finally:
             server.down()
     assert {r.value["doc_id"] for r in records(topology, ingest)} == set(before + after)
+
+
+def test_rabbitmq_nacks_a_batch_kafka_refuses_to_the_queues_dead_letter_exchange(
+        tmp_path: Path, kafka: str, amqp_url: str, monkeypatch: pytest.MonkeyPatch):
+    from confluent_kafka import KafkaError
+
+    from pipeline.bridges import base
+    from pipeline.kafka.sender import Barrier, Failure
+
+    source, side = side_for("rabbitmq", {"rabbitmq": amqp_url})
+    dlx = f"dlx-{uuid.uuid4().hex[:6]}"
+    asyncio.run(_rabbit_out(amqp_url, dlx, dlx, True))  # a fanout exchange and a queue bound to it
+    path, topology = bridge_topology(tmp_path, kafka, "rabbitmq", {**source, "dead_letter_exchange": dlx})
+    side.args["x-dead-letter-exchange"] = dlx
+    side.publish([doc(f"refused-{i}") for i in range(5)])
+    monkeypatch.setattr(base, "SEND_ATTEMPTS", 2)
+    bridge = base.SourceBridge(topology, "rabbitmq")
+    sent = []
+    send = bridge.sender.send
+    bridge.sender.send = lambda topic, value, key=None, headers=None, tag=None: (sent.append((topic, tag)),
+                                                                                send(topic, value, key, headers, tag))
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
+    # Kafka "refuses" every record: nothing may be acked, all must reach the dead-letter exchange.
+    bridge.sender.flush = lambda timeout: Barrier(0, [Failure(tag, topic, timed_out) for topic, tag in sent[-5:]])
+
+    async def run() -> list[bytes]:
+        task = asyncio.create_task(bridge.run())
+        deadline = time.monotonic() + 30
+        while bridge.m.given_up._value.get() < 5 and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.1)
+        bridge.stopping.set()
+        await task
+        return await _rabbit_out(amqp_url, dlx, dlx, False)
+
+    nacked = asyncio.run(run())
+    assert sorted(json.loads(b)["doc_id"] for b in nacked) == [f"refused-{i}" for i in range(5)]
+    assert bridge.m.acked._value.get() == 0 and side.unacked() == 0

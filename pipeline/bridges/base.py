@@ -69,6 +69,11 @@ class Source(ABC):
     async def in_progress(self, messages: list[Message]) -> None:
         """Tell the source a batch is still being delivered (NATS: progress acks); nothing by default."""
 
+    async def give_up(self, messages: list[Message]) -> bool:
+        """Hand a batch Kafka refused for good to the source's own dead-letter route (RabbitMQ: nack to the
+        queue's dead-letter exchange); False where there is none, and the bridge exits unacked instead."""
+        return False
+
     async def backlog(self) -> int | None:
         """Messages waiting at the source (not yet read, or read and not acked)."""
         return None
@@ -209,7 +214,7 @@ class SourceBridge:
     async def _serve(self, port: int) -> None:
         from aiohttp import web
 
-        runner = web.AppRunner(web_app(self.m, lambda: self.ready))
+        runner = web.AppRunner(web_app(self.m, lambda: self.ready), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port).start()
 
@@ -242,7 +247,15 @@ class SourceBridge:
                 if not batch:
                     continue
                 self.m.messages_in.inc(len(batch))
-                await self.deliver(batch)
+                try:
+                    await self.deliver(batch)
+                except PipelineError as exc:
+                    if not await self.source.give_up(batch):
+                        raise
+                    self.m.given_up.inc(len(batch))
+                    log.error("%s: %s; %d message(s) handed to the source's dead-letter route", self.name, exc,
+                              len(batch))
+                    continue
                 await self._ack(batch)
                 self.m.batches.inc()
         finally:

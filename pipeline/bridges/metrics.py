@@ -26,6 +26,8 @@ class BridgeMetrics:
         self.stuck = series(Gauge, "pipeline_bridge_stuck", "1 while the bridge retries the source or Kafka")
         self.backlog = series(Gauge, "pipeline_bridge_source_backlog", "Messages waiting at the source: JetStream "
                               "num_pending + ack pending, RabbitMQ queue depth, Redis pending + lag")
+        self.given_up = series(Counter, "pipeline_bridge_given_up", "Messages Kafka refused for good, handed to "
+                               "the source's dead-letter route (RabbitMQ dead-letter exchange)")
         self.batches = series(Counter, "pipeline_bridge_batches", "Batches delivered and acked")
 
 

@@ -14,8 +14,11 @@ from pipeline.config import BridgeSource
 LINGER_S = 0.05  # after the first message of a batch, how long to wait for the rest of it
 
 
-def queue_arguments(max_priority: int | None) -> dict:
-    return {"x-max-priority": max_priority} if max_priority else {}
+def queue_arguments(spec: BridgeSource) -> dict:
+    arguments: dict = {"x-max-priority": spec.max_priority} if spec.max_priority else {}
+    if spec.dead_letter_exchange is not None:
+        arguments["x-dead-letter-exchange"] = spec.dead_letter_exchange
+    return arguments
 
 
 class RabbitSource(Source):
@@ -29,7 +32,7 @@ class RabbitSource(Source):
         # The broker hands out at most a batch of unacked messages; with a backlog, highest priority first.
         await self.channel.set_qos(prefetch_count=self.spec.batch)
         self.queue = await self.channel.declare_queue(self.spec.queue, durable=True,
-                                                      arguments=queue_arguments(self.spec.max_priority))
+                                                      arguments=queue_arguments(self.spec))
         await self.queue.consume(self.inbox.put, no_ack=False)
 
     async def read(self) -> list[Message]:
@@ -51,6 +54,13 @@ class RabbitSource(Source):
         # next read), so `multiple` up to its last delivery tag acks exactly these.
         last = max(messages, key=lambda m: m.handle.delivery_tag)
         await last.handle.ack(multiple=True)
+
+    async def give_up(self, messages: list[Message]) -> bool:
+        if self.spec.dead_letter_exchange is None:
+            return False
+        for message in messages:  # the broker routes each to the queue's dead-letter exchange
+            await message.handle.nack(requeue=False)
+        return True
 
     async def backlog(self) -> int | None:
         declared = await self.channel.declare_queue(self.spec.queue, passive=True)
