@@ -119,8 +119,8 @@ class RabbitSide:
 
 
 class NatsSide:
-    def __init__(self, url: str, stream: str, subject: str) -> None:
-        self.url, self.stream, self.subject = url, stream, subject
+    def __init__(self, url: str, stream: str, subject: str, durable: str = "bridge-nats") -> None:
+        self.url, self.stream, self.subject, self.durable = url, stream, subject, durable
 
     async def _publish(self, bodies: list[bytes]) -> None:
         client = await nats.connect(self.url)
@@ -138,7 +138,7 @@ class NatsSide:
 
     async def _unacked(self) -> int:
         client = await nats.connect(self.url)
-        info = await client.jetstream().consumer_info(self.stream, "bridge-nats")
+        info = await client.jetstream().consumer_info(self.stream, self.durable)
         await client.close()
         return info.num_pending + info.num_ack_pending
 
@@ -443,3 +443,54 @@ def test_rabbitmq_nacks_a_batch_kafka_refuses_to_the_queues_dead_letter_exchange
     nacked = asyncio.run(run())
     assert sorted(json.loads(b)["doc_id"] for b in nacked) == [f"refused-{i}" for i in range(5)]
     assert bridge.m.acked._value.get() == 0 and side.unacked() == 0
+
+
+def test_nats_progress_acks_hold_a_long_flush_and_max_deliver_is_the_consumers(nats_url: str):
+    from pipeline.bridges.nats import NatsSource
+    from pipeline.config import BridgeSource
+
+    tag = uuid.uuid4().hex[:8]
+    spec = BridgeSource(kind="nats", url=nats_url, stream=f"P-{tag}", subject=f"p.{tag}", batch=10, block_ms=500,
+                        ack_wait_s=1, max_deliver=3, dead_letter="unused")
+    side = NatsSide(nats_url, spec.stream, spec.subject)
+
+    async def scenario() -> tuple[int, int, int]:
+        source = NatsSource("nats", spec)
+        await source.open()
+        await side._publish([doc(f"p-{i}") for i in range(5)])
+        batch = await source.read()
+        for _ in range(6):  # 3 s of "flushing", three times the ack wait
+            await asyncio.sleep(0.5)
+            await source.in_progress(batch)
+        again = await source.read()  # nothing redelivered meanwhile
+        await source.ack(batch)
+        info = await source.subscription.consumer_info()
+        await source.close()
+        return len(batch), len(again), info.config.max_deliver
+
+    got, redelivered, max_deliver = asyncio.run(scenario())
+    assert (got, redelivered, max_deliver) == (5, 0, 3)
+    assert asyncio.run(side._unacked()) == 0
+
+
+def test_without_progress_acks_nats_redelivers_after_the_ack_wait(nats_url: str):
+    """The other side of the test above: it can fail."""
+    from pipeline.bridges.nats import NatsSource
+    from pipeline.config import BridgeSource
+
+    tag = uuid.uuid4().hex[:8]
+    spec = BridgeSource(kind="nats", url=nats_url, stream=f"Q-{tag}", subject=f"q.{tag}", batch=10, block_ms=500,
+                        ack_wait_s=1, dead_letter="unused")
+
+    async def scenario() -> int:
+        source = NatsSource("nats", spec)
+        await source.open()
+        await NatsSide(nats_url, spec.stream, spec.subject)._publish([doc("q-0")])
+        assert len(await source.read()) == 1
+        await asyncio.sleep(2)
+        again = await source.read()
+        await source.ack(again)
+        await source.close()
+        return len(again)
+
+    assert asyncio.run(scenario()) == 1

@@ -3,6 +3,8 @@ takes long, max_deliver from topics.yaml; a subject or JetStream with Nats-Msg-I
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -33,7 +35,7 @@ class NatsSource(Source):
     async def read(self) -> list[Message]:
         try:
             got = await self.subscription.fetch(self.spec.batch, timeout=self.spec.block_ms / 1000)
-        except NatsTimeout:
+        except (NatsTimeout, asyncio.TimeoutError):  # nothing within block_ms (nats-py raises either)
             return []
         return [Message(m.data, str(m.metadata.sequence.stream), m) for m in got]
 
