@@ -41,10 +41,11 @@ class RabbitSource(Source):
         except asyncio.TimeoutError:
             return []
         got = [first]
-        deadline = asyncio.get_running_loop().time() + LINGER_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_S
         while len(got) < self.spec.batch:
             try:
-                got.append(await asyncio.wait_for(self.inbox.get(), max(deadline - asyncio.get_running_loop().time(), 0)))
+                got.append(await asyncio.wait_for(self.inbox.get(), max(deadline - loop.time(), 0)))
             except asyncio.TimeoutError:
                 break
         return [Message(m.body, m.message_id or str(m.delivery_tag), m) for m in got]

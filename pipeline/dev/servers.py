@@ -1,5 +1,6 @@
 """Real servers on loopback for development and tests, beside the Kafka broker: a small registry (NATS, Redis,
-RabbitMQ), each started from a binary a package installs, recorded by pid, checked by a readiness probe, stopped by pid."""
+RabbitMQ), each started from a binary a package installs, recorded by pid, checked by a readiness probe, stopped
+by pid."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def _rabbit_env(port: int, data: Path) -> dict[str, str]:
         "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(port + 1), "ERL_EPMD_PORT": str(port + 2),
         "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_MNESIA_BASE": str(data / "mnesia"),
         "RABBITMQ_LOG_BASE": str(data / "log"), "RABBITMQ_LOGS": "-", "RABBITMQ_PID_FILE": str(data / "pid"),
-        "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"), "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+        "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(folder / "advanced.config"),
         "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
