@@ -8,7 +8,8 @@ from importlib.metadata import entry_points
 import typer
 from rich.markup import escape
 
-from pipeline.commands import ask, delete, dev, dlq, k8s, records, replay, run, schemas, serve, stage, status, topics
+from pipeline.commands import (ask, bridge, delete, dev, dlq, k8s, records, replay, run, schemas, serve, stage,
+                               status, topics)
 from pipeline.commands.context import Settings, console
 from pipeline.errors import PipelineError
 
@@ -37,6 +38,7 @@ app.add_typer(schemas.app, name="schemas")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(k8s.app, name="k8s")
 app.add_typer(stage.app, name="stage")
+app.add_typer(bridge.app, name="bridge")
 app.command()(records.produce)
 app.command()(records.consume)
 app.command()(delete.delete)

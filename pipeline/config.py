@@ -150,6 +150,92 @@ class GatewaySettings(_Strict):
         return self
 
 
+class _BridgeEnd(_Strict):
+    """What a bridge's source and sink share: where the other broker is, how bodies are written, its web port."""
+
+    kind: Literal["nats", "rabbitmq", "redis"]
+    # The other broker's URL, or the environment variable that holds it (for credentials); the env var wins.
+    url: str | None = None
+    url_env: str | None = None
+    format: Literal["json", "avro"] = "json"  # avro: the topic's single-object (or Confluent) encoding
+    web_port: int | None = Field(None, ge=1, le=65535)  # /metrics, /healthz, /ready; None: no web server
+
+    def connect_url(self) -> str:
+        """The URL to connect to: $url_env if set, else url; ConfigError when neither is there."""
+        found = os.environ.get(self.url_env) if self.url_env else None
+        if found or self.url:
+            return found or self.url  # type: ignore[return-value]
+        raise ConfigError(f"no URL for this {self.kind} bridge: set url in topics.yaml or the variable {self.url_env}")
+
+    @model_validator(mode="after")
+    def _has_url(self) -> _BridgeEnd:
+        if not self.url and not self.url_env:
+            raise ValueError("give url (or url_env, the environment variable holding it)")
+        return self
+
+
+class BridgeSource(_BridgeEnd):
+    """`pipeline bridge in NAME`: messages from another broker into a Kafka topic (the ingest topic by default)."""
+
+    # NATS JetStream: stream (created for `subject` when missing), subject filter, durable pull consumer.
+    # Redis: stream and consumer group. RabbitMQ: queue (declared durable).
+    stream: str | None = None
+    subject: str | None = None
+    consumer: str | None = None  # NATS durable / Redis consumer name; default: bridge-NAME
+    group: str | None = None  # Redis consumer group; default: pipeline-bridge-NAME
+    queue: str | None = None
+    max_priority: int | None = Field(None, ge=1, le=255)  # RabbitMQ x-max-priority of the declared queue
+    # RabbitMQ x-dead-letter-exchange of the declared queue: a batch Kafka refuses for good is nacked there
+    # instead of the bridge exiting (poison still goes to `dead_letter` on Kafka).
+    dead_letter_exchange: str | None = None
+    batch: int = Field(100, ge=1)  # messages read, produced and acknowledged together
+    block_ms: int = Field(1000, ge=1)  # how long a read waits for the first message
+    topic: str | None = None  # Kafka target; None: the ingest topic (the first stage's input)
+    dead_letter: str  # Kafka topic for messages that cannot be decoded or validated (raw bytes, reason headers)
+    max_bytes: int = Field(900_000, ge=1)  # larger bodies are dead-lettered, not produced
+    max_deliver: int = Field(10, ge=1)  # NATS: deliveries before JetStream gives a message up
+    ack_wait_s: float = Field(30, gt=0)  # NATS: redelivery after this long without an ack (progress acks extend it)
+    claim_idle_ms: int = Field(30_000, ge=1)  # Redis: XAUTOCLAIM entries pending this long (a dead bridge's)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> BridgeSource:
+        need = {"nats": ("stream", "subject"), "redis": ("stream",), "rabbitmq": ("queue",)}[self.kind]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} source needs {' and '.join(missing)}")
+        return self
+
+
+class BridgeSink(_BridgeEnd):
+    """`pipeline bridge out NAME`: a Kafka topic's records to another broker, committed after it confirmed."""
+
+    topic: str  # Kafka topic read (e.g. the classified one)
+    group: str  # its own consumer group
+    dead_letter: str  # records the sink refuses for good (the stage runtime's dead-letter topic)
+    exchange: str | None = None  # RabbitMQ: exchange published to with confirms ("" = the default exchange)
+    routing_key: str = ""  # RabbitMQ routing key (with the default exchange: the queue name)
+    subject: str | None = None  # NATS subject
+    jetstream: bool = False  # NATS: publish to JetStream with Nats-Msg-Id for de-duplication
+    stream: str | None = None  # Redis stream (XADD)
+    maxlen: int = Field(1_000_000, ge=1)  # Redis: XADD MAXLEN ~ this many entries
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> BridgeSink:
+        need = {"nats": ("subject",), "redis": ("stream",), "rabbitmq": ("exchange",)}[self.kind]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} sink needs {' and '.join(missing)}")
+        return self
+
+
+class BridgesSettings(_Strict):
+    """Bridges between Kafka and the other brokers: sources feed a Kafka topic, sinks read one."""
+
+    sources: dict[str, BridgeSource] = Field(default_factory=dict)
+    sinks: dict[str, BridgeSink] = Field(default_factory=dict)
+
+
 class ResolvedTopic(BaseModel):
     """A topic with the defaults applied: what the cluster should hold."""
 
@@ -170,6 +256,7 @@ class Topology(_Strict):
     topics: dict[str, TopicSpec]
     stages: dict[str, StageSpec] = Field(default_factory=dict)
     gateway: GatewaySettings | None = None
+    bridges: BridgesSettings = Field(default_factory=BridgesSettings)
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _source: Path = PrivateAttr(default=Path(DEFAULT_CONFIG))
 
@@ -227,6 +314,41 @@ class Topology(_Strict):
                 raise ValueError(f"gateway.record_to: '{gateway.record_to}' must be a topic declared under "
                                  "'topics' with a value_schema (pipeline.gateway.Exchange)")
         return self
+
+    @model_validator(mode="after")
+    def _check_bridges(self) -> Topology:
+        ends = [(f"sources.{n}", b, ("topic", "dead_letter")) for n, b in self.bridges.sources.items()]
+        ends += [(f"sinks.{n}", b, ("topic", "dead_letter")) for n, b in self.bridges.sinks.items()]
+        for where, bridge, roles in ends:
+            for role in roles:
+                topic = getattr(bridge, role)
+                if topic is not None and topic not in self.topics:
+                    raise ValueError(f"bridges.{where}.{role}: topic '{topic}' is not declared under 'topics'")
+            if isinstance(bridge, BridgeSource) and bridge.topic is None and self.ingest_topic() is None:
+                raise ValueError(f"bridges.{where}.topic: no stages to take the ingest topic from; name the topic")
+        return self
+
+    def ingest_topics(self) -> list[str]:
+        """Topics stages read that no stage writes: where records enter the pipeline."""
+        written = {spec.output for spec in self.stages.values() if spec.output}
+        return sorted({spec.input for spec in self.stages.values()} - written)
+
+    def ingest_topic(self) -> str | None:
+        """The one topic records enter by; None when the stages read none or several such topics."""
+        found = self.ingest_topics()
+        return found[0] if len(found) == 1 else None
+
+    def bridge_source(self, name: str) -> BridgeSource:
+        if name not in self.bridges.sources:
+            known = ", ".join(self.bridges.sources) or "none"
+            raise ConfigError(f"no bridge source '{name}' in {self._source} (bridges.sources: {known})")
+        return self.bridges.sources[name]
+
+    def bridge_sink(self, name: str) -> BridgeSink:
+        if name not in self.bridges.sinks:
+            known = ", ".join(self.bridges.sinks) or "none"
+            raise ConfigError(f"no bridge sink '{name}' in {self._source} (bridges.sinks: {known})")
+        return self.bridges.sinks[name]
 
     def gateway_problems(self) -> list[str]:
         """Gateway subjects that name a stage this topology lacks."""

@@ -136,3 +136,35 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield state["url"]
     finally:
         server.down()
+
+
+# Real redis-server and rabbitmq-server (Debian packages, .ci/install) for the bridges' tests, one each per session;
+# REDIS_URL / AMQP_URL use others. Ports: PIPELINE_TEST_REDIS_PORT, PIPELINE_TEST_RABBITMQ_PORT (+1, +2 taken too).
+REDIS_TEST_PORT = int(os.environ.get("PIPELINE_TEST_REDIS_PORT", "16379"))
+RABBITMQ_TEST_PORT = int(os.environ.get("PIPELINE_TEST_RABBITMQ_PORT", "15672"))
+
+
+def _dev_server(name: str, port: int, env: str, tmp_path_factory: pytest.TempPathFactory):
+    if os.environ.get(env):
+        yield os.environ[env]
+        return
+    from pipeline.dev.servers import SERVERS, LocalServer
+
+    server = LocalServer(SERVERS[name], tmp_path_factory.mktemp(f"dev-{name}"), port)
+    state = server.up()
+    try:
+        yield state["url"]
+    finally:
+        server.down()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """URL of a real Redis: REDIS_URL if set, else one started like `pipeline dev up --with redis`."""
+    yield from _dev_server("redis", REDIS_TEST_PORT, "REDIS_URL", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """URL of a real RabbitMQ: AMQP_URL if set, else one started like `pipeline dev up --with rabbitmq`."""
+    yield from _dev_server("rabbitmq", RABBITMQ_TEST_PORT, "AMQP_URL", tmp_path_factory)

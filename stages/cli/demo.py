@@ -39,8 +39,7 @@ def _pending(topology: Topology) -> tuple[int, int]:
 
 def ingest_topic(topology: Topology) -> str:
     """Where documents enter: the one stage input that no stage writes."""
-    written = {s.output for s in topology.stages.values()}
-    sources = sorted({s.input for s in topology.stages.values()} - written)
+    sources = topology.ingest_topics()
     if len(sources) != 1:
         raise PipelineError(f"{topology.source}: expected one topic that stages read and none writes (the ingest "
                             f"topic), found {len(sources)}: {', '.join(sources) or 'none'}")
