@@ -12,7 +12,7 @@ import nats
 import pytest
 
 from pipeline.dev import servers
-from pipeline.dev.broker import _alive
+from pipeline.dev.processes import alive
 from pipeline.errors import PipelineError
 from tests.conftest import NATS_TEST_PORT, run_cli
 
@@ -39,7 +39,7 @@ def test_up_is_idempotent_and_down_stops_only_its_pid(tmp_path: Path):
         assert [s.port for s in servers.running(tmp_path)] == [PORT]
     finally:
         assert server.down() == state["pid"]
-    assert not _alive(state["pid"]) and server.state() is None and servers.running(tmp_path) == []
+    assert not alive(state["pid"]) and server.state() is None and servers.running(tmp_path) == []
     assert server.down() is None  # nothing left to stop
 
 
@@ -67,7 +67,7 @@ def test_cli_status_and_down_include_the_nats_server(tmp_path: Path):
         down = run_cli("dev", "down", "--port", "1", env=env)
         assert down.returncode == 0, down.stderr
         assert f"stopped nats-server at nats://127.0.0.1:{PORT} (pid {pid})" in down.stderr
-        assert not _alive(pid)
+        assert not alive(pid)
     finally:
         server.down()
 
@@ -82,7 +82,7 @@ def test_redis_and_rabbitmq_start_on_loopback_and_stop_by_pid(tmp_path: Path, na
         assert server.up()["already_running"]
     finally:
         assert server.down() == state["pid"]
-    assert not _alive(state["pid"]) and not server.answers() and servers.running(tmp_path) == []
+    assert not alive(state["pid"]) and not server.answers() and servers.running(tmp_path) == []
     for p in server.kind.ports(port):  # nothing it started (RabbitMQ's VM and epmd included) still listens
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", p)) != 0, f"port {p} still open"

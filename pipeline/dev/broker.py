@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline.errors import KafkaUnavailable, PipelineError
+from pipeline.dev.processes import alive, log_tail, port_in_use, stop_pid
 from pipeline.paths import cache_home
 
 # The broker version the integration tests prove with confluent-kafka and faust-streaming/aiokafka.
@@ -117,18 +116,6 @@ def server_properties(data_dir: Path, port: int, controller_port: int,
     return "".join(f"{k}={v}\n" for k, v in settings.items())
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
-
 
 def admin_ready(bootstrap: str, timeout: float = 3.0) -> bool:
     """True when the broker answers a metadata request (the port alone opens too early)."""
@@ -190,7 +177,7 @@ class DevBroker:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         pid = state.get("pid")
-        if not isinstance(pid, int) or not _alive(pid) or not self._is_our_broker(pid):
+        if not isinstance(pid, int) or not alive(pid) or not self._is_our_broker(pid):
             return None
         return state
 
@@ -213,7 +200,7 @@ class DevBroker:
             return {**running, "already_running": True}
         java = require("java", "a Java 17+ runtime runs the broker (apt-get install openjdk-17-jre-headless)")
         ports = [self.port, self.controller_port] + ([self.port + 2] if self.sasl else [])
-        if any(_port_in_use(p) for p in ports):
+        if any(port_in_use(p) for p in ports):
             raise PipelineError(
                 f"one of the ports {ports} on 127.0.0.1 is taken by another process: "
                 "stop it, or choose other ports with `pipeline dev up --port N` (uses N, N+1 and with --sasl N+2)."
@@ -250,7 +237,7 @@ class DevBroker:
         self.state_file.write_text(json.dumps(state))
         deadline = started + timeout
         while time.monotonic() < deadline:
-            if not _alive(proc.pid):
+            if not alive(proc.pid):
                 raise KafkaUnavailable(f"the broker exited during start-up:\n{self.log_tail(25)}")
             if admin_ready(self.bootstrap, timeout=2):
                 state["ready_seconds"] = round(time.monotonic() - started, 2)
@@ -279,16 +266,8 @@ class DevBroker:
         if state is None:
             return None
         pid = state["pid"]
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        stop_pid(pid, timeout)
         return pid
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return f"(no log yet at {self.log_file})"
+        return log_tail(self.log_file, lines)

@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.dev.broker import _alive, _port_in_use
+from pipeline.dev.processes import alive, log_tail, port_in_use, stop_pid
 from pipeline.errors import PipelineError
 from pipeline.paths import cache_home
 
@@ -180,7 +179,7 @@ class LocalServer:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         pid = state.get("pid")
-        if not isinstance(pid, int) or not _alive(pid):
+        if not isinstance(pid, int) or not alive(pid):
             return None
         # Ours if our data folder is in its command line, in the marker variable `up` gave it (a script), or is
         # its working folder (redis-server rewrites its process title over argv and environ, and cds into it).
@@ -201,7 +200,7 @@ class LocalServer:
             return {**running, "already_running": True}
         binary = find_binary(self.kind.binary, self.kind.install)
         ports = self.kind.ports(self.port)
-        if any(_port_in_use(p) for p in ports):
+        if any(port_in_use(p) for p in ports):
             raise PipelineError(f"one of the ports {ports} on 127.0.0.1 is taken by another process: stop it, or "
                                 f"choose another with --{self.kind.name}-port N")
         timeout = timeout or self.kind.boot_timeout
@@ -236,12 +235,7 @@ class LocalServer:
         if state is None:
             return None
         pid = state["pid"]
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):  # the whole session: a script's children (RabbitMQ's Erlang VM) go with it
-            os.killpg(pid, signal.SIGKILL)
+        stop_pid(pid, timeout, whole_session=True)
         if self.kind.after_stop:
             self.kind.after_stop(self.port)
         return pid
@@ -250,10 +244,7 @@ class LocalServer:
         return self.kind.ready(self.port)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return f"(no log yet at {self.log_file})"
+        return log_tail(self.log_file, lines)
 
 
 def running(home: Path | None = None) -> list[LocalServer]:
