@@ -16,6 +16,7 @@ BROKER_PORT=29092
 PORT_SHIFT=10000
 BOOTSTRAP=""
 NO_BROKER=0
+NOTE=""  # why no broker runs
 DOCS=""
 LIMIT_S=450  # the bench itself; with installing and the report the run stays under 8 minutes
 
@@ -42,7 +43,7 @@ while [[ $# -gt 0 ]]; do
         --broker-port) BROKER_PORT="${2:?}"; shift 2 ;;
         --port-shift) PORT_SHIFT="${2:?}"; shift 2 ;;
         --bootstrap) BOOTSTRAP="${2:?}"; shift 2 ;;
-        --no-broker) NO_BROKER=1; shift ;;
+        --no-broker) NO_BROKER=1 NOTE="--no-broker"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument $1" ;;
     esac
@@ -83,7 +84,6 @@ echo "python: $PY"
 export PIPELINE_CACHE="${PIPELINE_CACHE:-$HOME/.cache/kafka-ai-pipeline}"
 KAFKA_JARS="$PIPELINE_CACHE/kafka-4.1.1/libs"
 BROKER_ARGS=(--broker-port "$BROKER_PORT")
-NOTE=""
 if [[ -n "$BOOTSTRAP" ]]; then
     BROKER_ARGS=(--bootstrap "$BOOTSTRAP")
 elif [[ $NO_BROKER == 0 ]]; then
@@ -98,7 +98,7 @@ elif [[ $NO_BROKER == 0 ]]; then
 fi
 if [[ $NO_BROKER == 1 ]]; then
     PARTS=ceiling,fixed,embed-inprocess
-    echo "no broker (${NOTE:-asked}): the embed stage's batch path runs in process, without Kafka"
+    echo "no broker ($NOTE): the embed stage's batch path runs in process, without Kafka"
 else
     PARTS=ceiling,fixed,naive,embed,pipeline
 fi
