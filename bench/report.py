@@ -21,6 +21,14 @@ def _number(value: float, unit: str) -> str:
     return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
 
 
+def _reference(row: Row) -> str:
+    if not row.reference_label:
+        return "—"
+    if row.reference is None:
+        return f"{row.reference_label} (not measured)"
+    return f"{row.reference_label} ({_number(row.reference, row.unit)})"
+
+
 def _target(row: Row) -> str:
     if row.target is None:
         return ""
@@ -34,7 +42,7 @@ def _met(row: Row) -> str:
 def table(rows: list[Row], title: str) -> Table:
     out = Table("part", "figure", "divided by", "ratio", "target", "", "note", title=title)
     for row in rows:
-        reference = f"{row.reference_label} ({_number(row.reference, row.unit)})" if row.reference_label else "—"
+        reference = _reference(row)
         ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
         out.add_row(row.label, _number(row.figure, row.unit), reference, ratio, _target(row), _met(row), row.note)
     return out
@@ -44,7 +52,7 @@ def markdown(rows: list[Row]) -> str:
     """The same table for RESULTS.md."""
     lines = ["| part | figure | divided by | ratio | target | | note |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        reference = f"{row.reference_label} ({_number(row.reference, row.unit)})" if row.reference_label else "—"
+        reference = _reference(row)
         ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
         met = {None: "", True: "met", False: "missed"}[row.met]
         lines.append(f"| {row.label} | {_number(row.figure, row.unit)} | {reference} | {ratio} | {_target(row)} "
