@@ -60,16 +60,18 @@ def measure(texts: list[str], model: str, device: str, max_tokens: int, max_batc
             "batches": len(batches), "padding": 1 - sum(lengths) / padded}
 
 
-def sweep(texts: list[str], model: str, device: str, budgets: list[int], caps: list[int], repeats: int = 2
-          ) -> dict[str, Any]:
+def sweep(texts: list[str], model: str, device: str, budgets: list[int], caps: list[int], repeats: int = 2,
+          fixed: list[int] | None = None) -> dict[str, Any]:
     """Every budget at the largest cap, then every cap at the best budget, each the best of `repeats` runs;
-    the best setting wins. Noise can only raise the best of many, so the ceiling errs high, never low."""
+    the best setting wins. Noise can only raise the best of many, so the ceiling errs high, never low.
+    `fixed` batch sizes for `encode` (the old ceiling) are measured in between, so both see the same drift."""
     st = load_model(model, device)
     lengths = stage_lengths(texts, model, st.max_seq_length)
     # The process's first passes are slow whatever their shape (thread pools, allocator): pay for them here,
     # not in the first setting measured.
     measure(texts[:64], model, device, budgets[0], max(caps))
     tried: dict[str, dict[str, Any]] = {}
+    pending, by_size = list(fixed or []), {}
     seen: dict[tuple, str] = {}  # the batches a setting cuts -> the setting that was measured for them
 
     def run(max_tokens: int, max_batch: int) -> None:
@@ -83,30 +85,36 @@ def sweep(texts: list[str], model: str, device: str, budgets: list[int], caps: l
             return
         seen[cut] = name
         tried[name] = measure(texts, model, device, max_tokens, max_batch, repeats)
+        if pending:
+            size = pending.pop(0)
+            by_size[size] = fixed_rate(st, texts, size, device, repeats)
 
     for budget in budgets:
         run(budget, max(caps))
     best_budget = max((tried[f"{b}/{max(caps)}"] for b in budgets), key=lambda r: r["passages_per_s"])["max_tokens"]
     for cap in caps:
         run(best_budget, cap)
+    for size in pending:
+        by_size[size] = fixed_rate(st, texts, size, device, repeats)
     # Among settings with the same figure (same batches), the smallest one is reported.
     best = max(tried.values(), key=lambda r: (r["passages_per_s"], -r["max_tokens"], -r["max_batch"]))
-    return {"best": best, "passages_per_s": best["passages_per_s"], "tokens_per_s": best["tokens_per_s"],
-            "passages": len(texts), "tokens": sum(lengths), "settings": tried, "device": device}
+    found = {"best": best, "passages_per_s": best["passages_per_s"], "tokens_per_s": best["tokens_per_s"],
+             "passages": len(texts), "tokens": sum(lengths), "settings": tried, "device": device}
+    if by_size:
+        size = max(by_size, key=by_size.__getitem__)
+        found["fixed"] = {"best_batch_size": size, "passages_per_s": by_size[size], "by_batch_size": by_size}
+    return found
 
 
-def fixed_batches(texts: list[str], model: str, device: str, batch_sizes: list[int]) -> dict[str, Any]:
-    """SentenceTransformer.encode at fixed batch sizes (its own length sort within each call), for comparison
-    with the swept ceiling: the old "ceiling"."""
-    st = load_model(model, device)
-    encode(st, texts[:16], batch_size=16)  # first-call allocations and kernel selection
-    per_size = {}
-    for size in batch_sizes:
+def fixed_rate(st: Any, texts: list[str], size: int, device: str, repeats: int = 1) -> float:
+    """SentenceTransformer.encode at one fixed batch size (its own length sort within the call): passages/s,
+    the best of `repeats` after one untimed pass of the first batch."""
+    encode(st, texts[:size], batch_size=size)
+    best = float("inf")
+    for _ in range(repeats):
         _sync(device)
         started = time.perf_counter()
         encode(st, texts, batch_size=size)
         _sync(device)
-        per_size[size] = len(texts) / (time.perf_counter() - started)
-    size = max(per_size, key=per_size.__getitem__)
-    return {"passages": len(texts), "best_batch_size": size, "passages_per_s": per_size[size],
-            "by_batch_size": per_size}
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best

@@ -97,10 +97,10 @@ elif [[ $NO_BROKER == 0 ]]; then
     fi
 fi
 if [[ $NO_BROKER == 1 ]]; then
-    PARTS=ceiling,fixed,embed-inprocess
+    PARTS=ceiling,embed-inprocess
     echo "no broker ($NOTE): the embed stage's batch path runs in process, without Kafka"
 else
-    PARTS=ceiling,fixed,naive,embed,pipeline
+    PARTS=ceiling,naive,embed,pipeline
 fi
 
 # 4. The run.

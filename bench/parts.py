@@ -1,4 +1,4 @@
-"""The benchmark's own parts: the model ceiling, fixed batches, the naive loop, the embed stage, the light
+"""The benchmark's own parts: the model ceiling (and fixed batches), the naive loop, the embed stage, the light
 stages against a bare Faust agent, and the whole pipeline. Each registers how it measures and its rows."""
 
 from __future__ import annotations
@@ -47,30 +47,23 @@ def _nearby(ctx: Context, texts: list[str]) -> dict[str, Any]:
 def _ceiling_rows(results: dict[str, Any]) -> list[Row]:
     c = results["ceiling"]
     b = c["best"]
-    return [Row("ceiling", "model ceiling (in process, no Kafka; best of the sweep)", c["passages_per_s"],
+    rows = [Row("ceiling", "model ceiling (in process, no Kafka; best of the sweep)", c["passages_per_s"],
                 "passages/s", note=f"{b['max_tokens']:,} tokens × ≤{b['max_batch']} per pass, "
                 f"{c['tokens_per_s']:,.0f} tokens/s, {len(c['settings'])} settings, {c['passages']} passages")]
+    if f := c.get("fixed"):
+        rows.append(Row("ceiling", f"encode at a fixed batch size (best: {f['best_batch_size']})",
+                        f["passages_per_s"], "passages/s", "model ceiling", c["passages_per_s"],
+                        note="the old ceiling, measured between the sweep's settings; "
+                        + ", ".join(f"{s}: {v:,.1f}" for s, v in f["by_batch_size"].items())))
+    return rows
 
 
 @part("ceiling", "The model's best rate in process: token budgets × batch caps, length-sorted as the embed stage "
-      "cuts its passes.", rows=_ceiling_rows, broker=False)
+      "cuts its passes; and encode at fixed batch sizes in between.", rows=_ceiling_rows, broker=False)
 def run_ceiling(ctx: Context) -> dict[str, Any]:
     key = ("cuda" if ctx.device != "cpu" else "cpu") + ("-quick" if ctx.quick else "")
-    return ceiling.sweep(_sample(ctx), ctx.model, ctx.device, **ceiling.SWEEP[key])
-
-
-def _fixed_rows(results: dict[str, Any]) -> list[Row]:
-    f, c = results["fixed"], results.get("ceiling", {})
-    return [Row("fixed", f"encode at a fixed batch size (best: {f['best_batch_size']})", f["passages_per_s"],
-                "passages/s", "model ceiling", c.get("passages_per_s"),
-                note="the old ceiling; " + ", ".join(f"{s}: {v:,.1f}" for s, v in f["by_batch_size"].items()))]
-
-
-@part("fixed", "SentenceTransformer.encode at fixed batch sizes (the old ceiling), on the ceiling's passages.",
-      rows=_fixed_rows, broker=False)
-def run_fixed(ctx: Context) -> dict[str, Any]:
-    sizes = ([8, 32] if ctx.quick else [4, 8, 16, 32, 64]) if ctx.device == "cpu" else [64, 128, 256, 512, 1024]
-    return ceiling.fixed_batches(_sample(ctx), ctx.model, ctx.device, sizes)
+    fixed = ([8, 32] if ctx.quick else [4, 8, 16, 32, 64]) if ctx.device == "cpu" else [64, 128, 256, 512, 1024]
+    return ceiling.sweep(_sample(ctx), ctx.model, ctx.device, **ceiling.SWEEP[key], fixed=fixed)
 
 
 def _naive_rows(results: dict[str, Any]) -> list[Row]:

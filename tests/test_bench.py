@@ -49,7 +49,8 @@ def test_rows_divide_each_part_by_its_own_reference() -> None:
     sweep = {"max_tokens": 2048, "max_batch": 64, "passages_per_s": 40.0}
     results = {"meta": {"device": "cpu"},
                "ceiling": {"best": sweep, "passages_per_s": 40.0, "tokens_per_s": 6000, "passages": 100,
-                           "settings": {"2048/64": sweep}},
+                           "settings": {"2048/64": sweep},
+                           "fixed": {"best_batch_size": 16, "passages_per_s": 32.0, "by_batch_size": {16: 32.0}}},
                "naive": {"passages_per_s": 20.0},
                "embed": {"records_per_s": 27.0, "mean_batch": 60, "setting": sweep,
                          "ceiling": {"passages_per_s": 30.0}},
@@ -61,6 +62,7 @@ def test_rows_divide_each_part_by_its_own_reference() -> None:
     got = {(r.label, r.reference_label): (round(r.ratio, 3) if r.ratio else None, r.met) for r in all_rows(results)}
     assert got == {
         ("model ceiling (in process, no Kafka; best of the sweep)", None): (None, None),
+        ("encode at a fixed batch size (best: 16)", "model ceiling"): (0.8, None),
         ("naive loop (one consumer, one message at a time)", "model ceiling"): (0.5, None),
         ("embed stage alone, through the broker", "ceiling beside it"): (0.9, True),  # 27 / 30, not 27 / 40
         ("bare Faust agent on classify's input (take + ack, no work)", None): (None, None),
@@ -123,20 +125,22 @@ def _gpu_sh(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, di
 def test_gpu_sh_on_cpu_without_a_broker(tmp_path: Path) -> None:
     """The fallback where no Kafka can run: the embed stage's batch path in process, labelled so."""
     done, data = _gpu_sh(tmp_path, "--no-broker")
-    assert data["meta"]["parts"] == ["ceiling", "fixed", "embed-inprocess"]
+    assert data["meta"]["parts"] == ["ceiling", "embed-inprocess"]
     passages = data["meta"]["passages"]
     assert data["embed-inprocess"]["records"] == passages and data["ceiling"]["passages"] == passages
     assert data["embed-inprocess"]["setting"] == {k: data["ceiling"]["best"][k] for k in ("max_tokens", "max_batch")}
     assert {r["reference_label"] for r in data["rows"] if r["part"] == "embed-inprocess"} == {"ceiling beside it"}
+    assert set(data["ceiling"]["fixed"]["by_batch_size"]) == {"8", "32"}  # JSON keys
     assert "runs in process" in done.stdout and "batch path in process" in done.stdout
 
 
 @pytest.mark.kafka
 def test_gpu_sh_cpu_quick_through_the_broker(kafka: str, tmp_path: Path) -> None:
-    """`bash bench/gpu.sh --device cpu --quick`: ceiling sweep, fixed batches, naive loop, embed stage, pipeline."""
+    """`bash bench/gpu.sh --device cpu --quick`: ceiling sweep (and fixed batches), naive loop, embed stage,
+    pipeline."""
     done, data = _gpu_sh(tmp_path, "--bootstrap", kafka)
     passages = data["meta"]["passages"]
-    assert data["meta"]["parts"] == ["ceiling", "fixed", "naive", "embed", "pipeline"]
+    assert data["meta"]["parts"] == ["ceiling", "naive", "embed", "pipeline"]
     assert data["naive"]["passages"] == passages and data["embed"]["records"] == passages
     assert data["embed"]["ceiling"]["passages"] == passages  # the ceiling beside it: on the same passages
     assert data["pipeline"]["passages"] == passages and data["pipeline"]["documents"] == 10
