@@ -15,7 +15,8 @@ from rich.console import Console
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench import corpus, parts, report  # noqa: E402,F401  (bench.parts registers the built-in parts)
+import bench.parts  # noqa: E402,F401  (registers the built-in parts)
+from bench import corpus, report  # noqa: E402
 from bench.context import Context  # noqa: E402
 from bench.harness import ROOT  # noqa: E402
 from bench.rows import PARTS  # noqa: E402
@@ -23,7 +24,7 @@ from pipeline.config import load_topology  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from stages.model import DEFAULT_MODEL  # noqa: E402
 
-# More parts register themselves on import, here (one line each).
+# More parts register themselves on import, one line each here, e.g. `from bench import search  # noqa: E402,F401`.
 
 console = Console()
 

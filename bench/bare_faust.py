@@ -3,10 +3,11 @@
 It reads the stage's input topic with the stage's own Faust settings (copied from the app the runtime builds,
 so a setting changed in pipeline/runtime/app.py changes this too) and the stage's take size. It touches
 MARKS.warm once it has acked WARM events, and writes MARKS.done (JSON: the time of the ack that reached
-WARM + COUNT events, and the settings) once it has; the caller sends the COUNT events and stops it. This is Faust's own per-event ceiling for a light stage on this broker.
+WARM + COUNT events, and the settings) once it has; the caller sends the COUNT events and stops it.
+This is Faust's own per-event ceiling for a light stage on this broker.
 
-`--ack last` acks only the last event of each partition in each take: an experiment (see bench/RESULTS.md,
-Faust's commit needs every offset acked)."""
+`--ack last` acks only the last event of each partition in each take: an experiment. Faust then commits
+nothing after the first take, as its commit needs every offset acked (bench/RESULTS.md)."""
 
 from __future__ import annotations
 

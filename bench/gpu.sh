@@ -62,7 +62,8 @@ CHECK="import torch, faust, confluent_kafka, fastavro, sentence_transformers, gt
 typer, matplotlib, yaml; import sys; sys.exit(0 if '$DEVICE' == 'cpu' or torch.cuda.is_available() else 3)"
 fits() { "$1" -c "$CHECK" >/dev/null 2>&1; }
 if [[ -n "$PY" ]]; then
-    fits "$PY" || die "$PY lacks torch$([[ $DEVICE == cuda ]] && echo ' with CUDA') or the project's dependencies: $("$PY" -c "$CHECK" 2>&1 | tail -1)"
+    fits "$PY" || die "$PY lacks torch (with CUDA for --device cuda) or the project's dependencies: \
+$("$PY" -c "$CHECK" 2>&1 | tail -1)"
 elif command -v python3 >/dev/null && fits python3; then
     PY=$(command -v python3)
 elif [[ -f "$WHEELS/requirements.txt" ]]; then

@@ -49,7 +49,8 @@ def main(results: Path, broker_note: str = typer.Option("", help="Why no broker 
         f"- **Model:** {meta['model']} on {meta['device']}"
         f"{' in fp16' if meta['device'].startswith('cuda') else ''}; {meta['passages']} passages of "
         f"{meta['documents']} documents (seed {meta['seed']}).",
-        f"- **Kafka:** {broker_note + ': the embed stage ran in process (embed-inprocess)' if broker_note else 'a local broker'}.",
+        "- **Kafka:** " + (f"none ({broker_note}): the embed stage ran in process (embed-inprocess)."
+                           if broker_note else "a broker (the embed stage and the pipeline ran through it)."),
     ]
     if sweep := data.get("ceiling", {}).get("settings"):
         lines += ["", "Ceiling sweep (passages/s by token budget / batch cap):", "",

@@ -84,6 +84,7 @@ def _chart(results: dict[str, Any], rows: list[Row], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     shown = [r for r in rows if r.ratio is not None]
     fig, ax = plt.subplots(figsize=(11, 0.5 * len(shown) + 1.6))
@@ -97,6 +98,8 @@ def _chart(results: dict[str, Any], rows: list[Row], path: Path) -> None:
             ax.plot([r.target, r.target], [yi - 0.4, yi + 0.4], color="black", linewidth=2)
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.axvline(1.0, color="#888", linestyle=":", linewidth=1)
     ax.set_xlabel("ratio (log scale); black tick: target; green met, red missed, grey: no target")
     meta = results["meta"]
