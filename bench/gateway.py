@@ -21,7 +21,10 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.context import Context
+from bench.rows import Row, part
 from pipeline.dev import sandbox  # noqa: E402
+from pipeline.runtime.supervisor import spawn, terminate, worker_command
 from pipeline.dev.servers import NATS, LocalServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +121,7 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
     from stages.model import encode, load_model
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="bench-gateway-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     raw = sandbox.isolated(yaml.safe_load((ROOT / "topics.yaml").read_text()), f"bench-gw-{os.getpid()}.",
                            bootstrap or "127.0.0.1:1", port_shift=web_port - 6110, partitions=1)
     raw["gateway"].update(record_to=None, web_port=web_port)
@@ -140,9 +144,8 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
     log = workdir / "gateway.log"
     procs: list[subprocess.Popen] = []
     try:
-        with open(log, "ab") as out:
-            procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", "-c", str(path), "serve", "--nats", url,
-                                           "--loglevel", "warning"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
+        procs.append(spawn([sys.executable, "-m", "pipeline", "-c", str(path), "serve", "--nats", url,
+                            "--loglevel", "warning"], log))
         _wait_ready(f"http://127.0.0.1:{web_port}/ready", procs[0], log)
         subject = f"{gateway.prefix}.embed"
         asyncio.run(_one_at_a_time(url, subject, texts[:20]))  # warm the connection and the gateway
@@ -164,13 +167,7 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
             figures["http_embed_route"] = _http_route(path, topology, texts, clients, workdir, procs)
         return figures
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        terminate(procs, 30)
         nats_server.down()
 
 
@@ -182,9 +179,7 @@ def _http_route(path: Path, topology: Any, texts: list[str], clients: int, workd
     client = admin.admin_client(topology)
     admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
     log = workdir / "embed.log"
-    with open(log, "ab") as out:
-        procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", "-c", str(path), "run", "embed",
-                                       "--loglevel", "warn"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
+    procs.append(spawn(worker_command("embed", 0, path, None, "--loglevel", "warn"), log))
     port = topology.stage("embed").web_port
     _wait_ready(f"http://127.0.0.1:{port}/ready", procs[-1], log)
     _http_concurrent(port, texts[:20], 1)
@@ -210,3 +205,31 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _rows(results: dict[str, Any]) -> list[Row]:
+    g = results["gateway"]
+    clients = next(k for k in g if k.startswith("throughput_")).split("_")[1]
+    rows = [
+        Row("gateway", "NATS round trip minus in-process encode, 1 client, p50", g["overhead_1_client"]["p50_ms"],
+            "ms", "limit 2 ms", 2.0, 1.0, at_most=True,
+            note=f"p99 {g['overhead_1_client']['p99_ms']:.1f} ms; max_wait_ms {g['max_wait_ms']}"),
+        Row("gateway", f"throughput at {clients} concurrent clients", g[f"throughput_{clients}_clients_per_s"],
+            "requests/s", "one at a time in process", g["in_process_one_at_a_time_per_s"], 3.0),
+        Row("gateway", f"round trip at {clients} clients, p99", g[f"round_trip_{clients}_clients"]["p99_ms"], "ms",
+            note=f"max_batch {g['max_batch']}, max_wait_ms {g['max_wait_ms']}"),
+    ]
+    if "http_embed_route" in g:
+        http = g["http_embed_route"]
+        rows.append(Row("gateway", f"the embed stage's HTTP /embed route at {clients} clients",
+                        http[f"throughput_{clients}_clients_per_s"], "requests/s", "the gateway",
+                        g[f"throughput_{clients}_clients_per_s"], note="for comparison"))
+    return rows
+
+
+@part("gateway", "The NATS gateway: overhead at one client, batching gain and p99 at 32 clients, against the embed "
+      "stage's HTTP route.", rows=_rows, default=False)
+def run_gateway(ctx: Context) -> dict[str, Any]:
+    return gateway_figures(requests=160 if ctx.quick else 640, device=ctx.device, bootstrap=ctx.bench.bootstrap,
+                           workdir=ctx.workdir / "gateway")
+

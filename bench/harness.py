@@ -20,6 +20,7 @@ from pipeline.dev.broker import DevBroker
 from pipeline.errors import PipelineError
 from pipeline.runtime.metrics import scrape
 from pipeline.avro.codecs import codec_for
+from pipeline.runtime.supervisor import spawn, terminate
 from pipeline.runtime.routes import StageUnreachable, call_route
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 class Bench:
     """Where one benchmark run works: its folder, the broker, and the stage processes it started."""
 
-    def __init__(self, workdir: Path, bootstrap: str | None, broker_port: int, device: str) -> None:
+    def __init__(self, workdir: Path, bootstrap: str | None, broker_port: int, device: str,
+                 port_shift: int = 10000) -> None:
         self.workdir = workdir
         self.device = device
+        self.port_shift = port_shift  # added to every stage's web port, away from a running pipeline's
         self.broker: DevBroker | None = None
         if bootstrap is None:
             self.broker = DevBroker(home=workdir / "broker", port=broker_port, controller_port=broker_port + 1)
@@ -43,14 +46,22 @@ class Bench:
         if self.broker is not None:
             self.broker.down()
 
-    def topology(self, name: str, partitions: int = 3) -> tuple[Path, Topology]:
-        """A fresh copy of topics.yaml with its own topics, groups and Qdrant folder, applied on the broker."""
+    def topology(self, name: str, partitions: int = 3, embed: dict[str, Any] | None = None
+                 ) -> tuple[Path, Topology]:
+        """A fresh copy of topics.yaml with its own topics, groups and Qdrant folder, applied on the broker;
+        `embed` overrides the embed stage's options (max_tokens, max_batch), its take grown to fit max_batch."""
         folder = self.workdir / name
         folder.mkdir(parents=True, exist_ok=True)
         raw = sandbox.isolated(yaml.safe_load((ROOT / "topics.yaml").read_text()),
-                               f"bench-{uuid.uuid4().hex[:6]}.", self.bootstrap, partitions=partitions)
+                               f"bench-{uuid.uuid4().hex[:6]}.", self.bootstrap, self.port_shift,
+                               partitions=partitions)
         raw["stages"]["store"]["options"]["path"] = str(folder / "qdrant")
-        raw["stages"]["embed"]["options"]["device"] = self.device
+        embed_stage = raw["stages"]["embed"]
+        embed_stage["options"]["device"] = self.device
+        if embed:
+            embed_stage["options"].update(embed)
+            take = embed_stage.setdefault("batch", {})
+            take["max_records"] = max(take.get("max_records", 1), embed.get("max_batch", 1))
         path, topology = sandbox.write(raw, folder, ROOT / "schemas")
         client = admin.admin_client(topology)
         admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
@@ -58,24 +69,34 @@ class Bench:
 
     def fill(self, topology: Topology, topic: str, records: list[dict[str, Any]]) -> None:
         """Produce `records` to `topic` (Avro, keyed as the topic says) and wait until all are acknowledged."""
+        self.send(topology, topic, self.encode(topology, topic, records))
+
+    def encode(self, topology: Topology, topic: str, records: list[dict[str, Any]]
+               ) -> list[tuple[bytes | None, bytes]]:
+        """(key, value) pairs of `records` as `topic` takes them, ready to send."""
         codec = codec_for(topology, topic)
         key_field = topology.topic(topic).key_field
+        return [(str(r[key_field]).encode() if key_field else None, codec.encode(r, validate=False))
+                for r in records]
+
+    def send(self, topology: Topology, topic: str, pairs: list[tuple[bytes | None, bytes]]) -> None:
+        """Produce encoded (key, value) pairs and wait until all are acknowledged."""
         sender = Sender(topology)
-        for record in records:
-            key = str(record[key_field]).encode() if key_field else None
-            sender.send(topic, codec.encode(record, validate=False), key)
+        for key, value in pairs:
+            sender.send(topic, value, key)
         barrier = sender.flush(60)
         if not barrier.ok:
             raise PipelineError(f"records to {topic}: {barrier.unacked} not acknowledged within 60 s, "
                                 f"{len(barrier.failures)} failed")
 
-    def start(self, path: Path, stage: str, name: str | None = None) -> None:
-        logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        log = open(logs / f"{name or stage}.log", "ab")
-        self.procs[name or stage] = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "-c", str(path), "run", stage, "--loglevel", "warn"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    def start(self, path: Path, stage: str, name: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Run `stage` of the topology at `path` in its own process; `env` adds variables (Faust reads its
+        settings from some, e.g. BROKER_MAX_POLL_RECORDS)."""
+        self.spawn(name or stage, ["-m", "pipeline", "-c", str(path), "run", stage, "--loglevel", "warn"], env)
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        """`python ARGS` in the repository, logging to the run's folder, stopped by stop()."""
+        self.procs[name] = spawn([sys.executable, *args], self.workdir / "logs" / f"{name}.log", env=env)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -129,12 +150,5 @@ class Bench:
         return used
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        terminate(self.procs.values(), 60)
         self.procs.clear()

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from bench.harness import Bench
+from pipeline.errors import PipelineError
 from pipeline.kafka.clients import consumer
+from pipeline.kafka.offsets import stage_lag
 from pipeline.kafka.sender import Sender
 from pipeline.runtime.metrics import quantile, scrape
 from pipeline.avro.codecs import codec_for
 from pipeline.runtime.routes import call_route
-from stages.model import encode, load_model, load_tokenizer, model_id, to_bytes
-
-
-def token_counts(texts: list[str], model: str) -> list[int]:
-    """Word pieces per text as the model sees it: with [CLS]/[SEP], cut at its 256-token limit."""
-    return [min(len(e.ids), 256) for e in load_tokenizer(model).encode_batch(texts)]
-
-
-def model_ceiling(texts: list[str], model: str, device: str, batch_sizes: list[int], repeats: int = 1
-                  ) -> dict[str, Any]:
-    """SentenceTransformer.encode alone, no Kafka: passages/s and tokens/s at each batch size, and the best."""
-    st = load_model(model, device)
-    encode(st, texts[:16], batch_size=16)  # warm-up: first-call allocations and kernel selection
-    tokens = sum(token_counts(texts, model))
-    per_size = {}
-    for size in batch_sizes:
-        best = min(_timed(lambda: encode(st, texts, batch_size=size)) for _ in range(repeats))
-        per_size[size] = {"passages_per_s": len(texts) / best, "tokens_per_s": tokens / best}
-    size = max(per_size, key=lambda s: per_size[s]["passages_per_s"])
-    return {"passages": len(texts), "tokens": tokens, "best_batch_size": size, **per_size[size],
-            "by_batch_size": per_size}
-
-
-def _timed(fn: Any) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+from stages.model import encode, load_model, model_id, to_bytes
 
 
 def naive_baseline(bench: Bench, passages: list[dict[str, Any]], model: str) -> dict[str, Any]:
@@ -70,29 +47,91 @@ def naive_baseline(bench: Bench, passages: list[dict[str, Any]], model: str) -> 
     return {"passages": done, "seconds": seconds, "passages_per_s": done / seconds}
 
 
-def stage_alone(bench: Bench, stage: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One stage process on a topic filled beforehand: records/s from ready to the last record handled."""
-    path, topology = bench.topology(f"alone-{stage}")
-    bench.fill(topology, topology.stages[stage].input, records)
-    bench.start(path, stage)
+def stage_alone(bench: Bench, stage: str, records: list[dict[str, Any]], env: dict[str, str] | None = None,
+                embed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One stage process, warmed by one take of records and idle, then sent `records`: records/s from the
+    first send to the last record handled (nothing is fetched ahead of the clock, as with a topic filled
+    before the stage starts, whose first takes wait in Faust's buffer while the stage sets up)."""
+    path, topology = bench.topology(f"alone-{stage}", embed=embed)
+    spec = topology.stages[stage]
+    warm = _warm_records(records, spec.batch.max_records)
+    pairs = bench.encode(topology, spec.input, records)
+    bench.start(path, stage, env=env)
     try:
-        ready = bench.wait_ready(topology, [stage])
-        done = bench.wait_count(topology, stage, len(records))
+        bench.wait_ready(topology, [stage])
+        bench.fill(topology, spec.input, warm)
+        bench.wait_count(topology, stage, len(warm))
+        before = scrape(call_route(topology, stage, "/metrics"))
+        started = time.time()
+        bench.send(topology, spec.input, pairs)
+        done = bench.wait_count(topology, stage, len(warm) + len(records))
         m = scrape(call_route(topology, stage, "/metrics"))
     finally:
         bench.stop()
-    seconds = done - ready
+    seconds = done - started
+    busy = m["pipeline_batch_seconds_sum"] - before["pipeline_batch_seconds_sum"]
+    batches = m["pipeline_batch_size_count"] - before["pipeline_batch_size_count"]
     return {"records": len(records), "seconds": seconds, "records_per_s": len(records) / seconds,
-            "busy_records_per_s": len(records) / m["pipeline_batch_seconds_sum"],
-            "mean_batch": m["pipeline_batch_size_sum"] / m["pipeline_batch_size_count"],
-            "stage_seconds": m["pipeline_process_seconds_sum"]}
+            "busy_records_per_s": len(records) / busy, "mean_batch": len(records) / batches,
+            "stage_seconds": m["pipeline_process_seconds_sum"] - before["pipeline_process_seconds_sum"],
+            "warm_records": len(warm)}
+
+
+def _warm_records(records: list[dict[str, Any]], take: int) -> list[dict[str, Any]]:
+    """One take's worth of the records again, under ids of their own, to warm a process before the clock."""
+    return [{**r, "doc_id": f"{r['doc_id']}~warm"} for r in records[:take]]
+
+
+def bare_faust(bench: Bench, stage: str, records: list[dict[str, Any]], env: dict[str, str] | None = None,
+               ack: str = "each", timeout: float = 600) -> dict[str, Any]:
+    """A Faust agent with the stage's settings and take size that only takes and acks, measured as
+    stage_alone measures the stage: warmed by one take, then sent the records; events/s from the first send
+    to the last ack. With ack="last", also where its group committed, against the partitions' ends."""
+    path, topology = bench.topology(f"bare-{stage}")
+    spec = topology.stages[stage]
+    warm = _warm_records(records, spec.batch.max_records)
+    pairs = bench.encode(topology, spec.input, records)
+    bench.fill(topology, spec.input, warm)
+    marks = bench.workdir / f"bare-{stage}-{time.monotonic_ns()}"
+    bench.spawn("bare-faust", ["-m", "bench.bare_faust", str(path), stage, str(len(warm)), str(len(records)),
+                               str(marks), "--ack", ack], env)
+    try:
+        _wait_file(bench, marks.with_suffix(".warm"), timeout)
+        started = time.time()
+        bench.send(topology, spec.input, pairs)
+        done = json.loads(_wait_file(bench, marks.with_suffix(".done"), timeout).read_text())
+        if ack != "each":
+            time.sleep(2.5)  # past Faust's commit interval (1 s)
+    finally:
+        bench.stop()  # SIGTERM: Faust commits what it may on the way out
+    seconds = done["time"] - started
+    result = {"records": len(records), "seconds": seconds, "records_per_s": len(records) / seconds, "ack": ack,
+              "settings": done["settings"]}
+    if ack != "each":
+        bare_topology = topology.model_copy(deep=True)
+        bare_topology.stages[stage].group = f"{spec.group}.bare"
+        rows = stage_lag(bare_topology, stage)
+        result["committed"] = {r.partition: r.committed for r in rows}
+        result["end"] = {r.partition: r.end for r in rows}
+    return result
+
+
+def _wait_file(bench: Bench, path: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        bench.check_alive()
+        if time.monotonic() > deadline:
+            raise PipelineError(f"the bare Faust agent did not write {path.name} within {timeout:.0f} s")
+        time.sleep(0.02)
+    return path
 
 
 def whole_pipeline(bench: Bench, docs: list[dict[str, Any]], passages: int,
-                   steady: list[tuple[dict[str, Any], int]], steady_seconds: float) -> dict[str, Any]:
+                   steady: list[tuple[dict[str, Any], int]], steady_seconds: float,
+                   embed: dict[str, Any] | None = None) -> dict[str, Any]:
     """All four stages: the maximum rate (documents produced at once), then ingest-to-stored latency while
     documents arrive at a steady half of that rate."""
-    path, topology = bench.topology("pipeline")
+    path, topology = bench.topology("pipeline", embed=embed)
     stages = list(topology.stages)
     for name in stages:
         bench.start(path, name)

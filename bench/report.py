@@ -1,113 +1,109 @@
-"""The benchmark's results: a rich table, the ratios against the targets, JSON and a PNG chart."""
+"""The benchmark's results: the one table (figure, reference, ratio, target), JSON, and a PNG of the ratios."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-STAGE_TARGET = 5000  # events/s per process for each non-model stage
-TARGETS = {  # ratio name -> minimum on a CPU
-    "embed_stage / model_ceiling": 0.9,
-    "pipeline / model_ceiling": 0.8,
-    "pipeline / naive_baseline": 1.2,
-}
-LATENCY_TARGET_S = 2.0
+from bench.rows import Row, all_rows
 
 
-def ratios(results: dict[str, Any]) -> dict[str, float]:
-    ceiling = results.get("model_ceiling", {}).get("passages_per_s")
-    naive = results.get("naive_baseline", {}).get("passages_per_s")
-    embed = results.get("embed_stage", {}).get("records_per_s")
-    pipeline = results.get("pipeline", {}).get("passages_per_s")
-    pairs = {"embed_stage / model_ceiling": (embed, ceiling), "pipeline / model_ceiling": (pipeline, ceiling),
-             "pipeline / naive_baseline": (pipeline, naive)}
-    return {name: a / b for name, (a, b) in pairs.items() if a and b}
+def _number(value: float, unit: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if unit == "s":
+        return f"{value:.2f} s"
+    return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
 
 
-def nearby_ratios(results: dict[str, Any]) -> dict[str, float]:
-    """The same ratios against the ceiling measured just before each part (drift between parts removed)."""
-    found = {}
-    for name, part, key in (("embed_stage / model_ceiling", "embed_stage", "records_per_s"),
-                            ("pipeline / model_ceiling", "pipeline", "passages_per_s")):
-        figures = results.get(part, {})
-        if figures.get("nearby_ceiling_passages_per_s"):
-            found[name] = figures[key] / figures["nearby_ceiling_passages_per_s"]
-    return found
+def _reference(row: Row) -> str:
+    if not row.reference_label:
+        return "—"
+    if row.reference is None:
+        return f"{row.reference_label} (not measured)"
+    return f"{row.reference_label} ({_number(row.reference, row.unit)})"
 
 
-def _verdict(ok: bool) -> str:
-    return "[green]met[/]" if ok else "[red]missed[/]"
+def _target(row: Row) -> str:
+    if row.target is None:
+        return ""
+    return f"{'≤' if row.at_most else '≥'} {row.target:g}×"
 
 
-def show(results: dict[str, Any], console: Console) -> None:
-    table = Table("part", "figure", "target", "", title=f"benchmark: {results['meta']['machine']}")
-    if c := results.get("model_ceiling"):
-        table.add_row("model ceiling", f"{c['passages_per_s']:,.1f} passages/s, {c['tokens_per_s']:,.0f} tokens/s "
-                      f"(batch {c['best_batch_size']})", "", "")
-    if n := results.get("naive_baseline"):
-        table.add_row("naive baseline", f"{n['passages_per_s']:,.1f} passages/s", "", "")
-    if e := results.get("embed_stage"):
-        table.add_row("embed stage", f"{e['records_per_s']:,.1f} passages/s (mean batch {e['mean_batch']:.0f})",
-                      "", "")
-    if p := results.get("pipeline"):
-        table.add_row("whole pipeline", f"{p['documents_per_s']:,.1f} documents/s, "
-                      f"{p['passages_per_s']:,.1f} passages/s", "", "")
-        ok = p["latency_p99_s"] <= LATENCY_TARGET_S
-        table.add_row(f"latency at {p['steady_documents_per_s']:.1f} docs/s",
-                      f"p50 {p['latency_p50_s']:.2f} s, p99 {p['latency_p99_s']:.2f} s",
-                      f"p99 ≤ {LATENCY_TARGET_S:g} s", _verdict(ok))
-    for stage, s in results.get("stages", {}).items():
-        table.add_row(f"{stage} alone", f"{s['records_per_s']:,.0f} events/s "
-                      f"(busy {s['busy_records_per_s']:,.0f}/s)", f"≥ {STAGE_TARGET:,}",
-                      _verdict(s["records_per_s"] >= STAGE_TARGET))
-    nearby = nearby_ratios(results)
-    for name, value in ratios(results).items():
-        beside = f" ({nearby[name]:.2f}× against the ceiling measured beside it)" if name in nearby else ""
-        table.add_row(name, f"{value:.2f}×{beside}", f"≥ {TARGETS[name]}×", _verdict(value >= TARGETS[name]))
-    console.print(table)
+def _met(row: Row) -> str:
+    return {None: "", True: "[green]met[/]", False: "[red]missed[/]"}[row.met]
 
 
-def save(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """results.json and results.png in `out`."""
+def table(rows: list[Row], title: str) -> Table:
+    out = Table("part", "figure", "divided by", "ratio", "target", "", "note", title=title)
+    for row in rows:
+        reference = _reference(row)
+        ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
+        out.add_row(row.label, _number(row.figure, row.unit), reference, ratio, _target(row), _met(row), row.note)
+    return out
+
+
+def markdown(rows: list[Row]) -> str:
+    """The same table for RESULTS.md."""
+    lines = ["| part | figure | divided by | ratio | target | | note |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        reference = _reference(row)
+        ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
+        met = {None: "", True: "met", False: "missed"}[row.met]
+        lines.append(f"| {row.label} | {_number(row.figure, row.unit)} | {reference} | {ratio} | {_target(row)} "
+                     f"| {met} | {row.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def show(results: dict[str, Any], console: Console) -> list[Row]:
+    rows = all_rows(results)
+    meta = results["meta"]
+    console.print(table(rows, f"benchmark: {meta['machine']}, {meta['device']}, {meta['date']}"))
+    return rows
+
+
+def save(results: dict[str, Any], out: Path, name: str = "results") -> tuple[Path, Path]:
+    """NAME.json (the figures of every part and the table's rows) and NAME.png (the ratios) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    data = {**results, "ratios": ratios(results), "ratios_to_nearby_ceiling": nearby_ratios(results)}
-    json_path = out / "results.json"
-    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    png_path = out / "results.png"
-    _chart(data, png_path)
+    rows = all_rows(results)
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps({**results, "rows": [r.as_dict() for r in rows]}, indent=2, default=str) + "\n")
+    png_path = out / f"{name}.png"
+    _chart(results, rows, png_path)
     return json_path, png_path
 
 
-def _chart(data: dict[str, Any], path: Path) -> None:
+def _chart(results: dict[str, Any], rows: list[Row], path: Path) -> None:
+    """One bar per ratio, with its target: ratios hold still where raw rates drift with the machine."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.5))
-    bars = {"model ceiling": data.get("model_ceiling", {}).get("passages_per_s"),
-            "naive": data.get("naive_baseline", {}).get("passages_per_s"),
-            "embed stage": data.get("embed_stage", {}).get("records_per_s"),
-            "pipeline": data.get("pipeline", {}).get("passages_per_s")}
-    bars = {k: v for k, v in bars.items() if v}
-    left.bar(list(bars), list(bars.values()), color=["#555", "#c44", "#48c", "#4a4"][:len(bars)])
-    left.set_title("passages/s (model-bound parts)")
-    stages = {k: v["records_per_s"] for k, v in data.get("stages", {}).items()}
-    middle.bar(list(stages), list(stages.values()), color="#48c")
-    middle.axhline(STAGE_TARGET, color="#c44", linestyle="--", label=f"target {STAGE_TARGET:,}/s")
-    middle.set_title("events/s per process (non-model stages)")
-    middle.legend()
-    sizes = data.get("model_ceiling", {}).get("by_batch_size", {})
-    if sizes:
-        right.plot([int(s) for s in sizes], [v["passages_per_s"] for v in sizes.values()], marker="o")
-        right.set_xscale("log", base=2)
-        right.set_xlabel("batch size")
-        right.set_title("model ceiling by batch size (passages/s)")
-    fig.suptitle(f"{data['meta']['machine']} — {data['meta']['date']}")
+    shown = [r for r in rows if r.ratio is not None]
+    fig, ax = plt.subplots(figsize=(11, 0.5 * len(shown) + 1.6))
+    labels = [f"{r.label}\n÷ {r.reference_label}" for r in shown]
+    colours = ["#4a4" if r.met else "#c44" if r.met is False else "#888" for r in shown]
+    y = list(range(len(shown)))[::-1]
+    ax.barh(y, [r.ratio for r in shown], color=colours)
+    for yi, r in zip(y, shown):
+        ax.text(r.ratio, yi, f" {r.ratio:.2f}×", va="center", fontsize=8)
+        if r.target is not None:
+            ax.plot([r.target, r.target], [yi - 0.4, yi + 0.4], color="black", linewidth=2)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.axvline(1.0, color="#888", linestyle=":", linewidth=1)
+    ax.set_xlabel("ratio (log scale); black tick: target; green met, red missed, grey: no target")
+    meta = results["meta"]
+    ax.set_title(f"{meta['machine']}, {meta['device']} — {meta['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from bench import measure
+from bench.context import Context
 from bench.harness import Bench
+from bench.rows import Row, part
 from stages.model import encode, load_model, model_id, to_bytes
 from stages.store import point_id
 from stages.vectorstore import Point, collection_for
@@ -131,3 +133,34 @@ def lines(found: dict[str, Any]) -> list[str]:
         f"  store stage alone: {found['store_stage']['records_per_s']:,.0f} events/s "
         f"({found['store_stage']['records']:,} records)",
     ]
+
+
+def _rows(results: dict[str, Any]) -> list[Row]:
+    s = results["search"]
+    before, after, recall = s["before_optimize"], s["after_optimize"], s["recall_at_10"]
+    at = f"{s['points']:,} points, synthetic"
+    return [
+        Row("search", "top-10 with a label filter, p50, after optimize", after["label_filter"]["p50_ms"], "ms",
+            "limit 5 ms", 5.0, 1.0, at_most=True, note=at),
+        Row("search", "top-10 with a label filter, p99, after optimize", after["label_filter"]["p99_ms"], "ms",
+            "limit 20 ms", 20.0, 1.0, at_most=True, note=at),
+        Row("search", "top-10 with a label filter, p99, before optimize (exact)", before["label_filter"]["p99_ms"],
+            "ms", "limit 20 ms", 20.0, 1.0, at_most=True, note=at),
+        Row("search", "recall@10, no filter, after optimize", recall["no_filter"], "", "exact search", 1.0, 0.95,
+            note=f"{recall['queries']} real queries"),
+        Row("search", "recall@10, label filter, after optimize", recall["label_filter"], "", "exact search", 1.0,
+            0.95, note=f"{recall['queries']} real queries"),
+        Row("search", "store restart to /ready", s["restart_to_ready_s"], "s", "limit 2 s", 2.0, 1.0, at_most=True,
+            note=f"Edge reopen alone {s['reopen_store_s']:.2f} s"),
+        Row("search", "store stage alone on Qdrant Edge", s["store_stage"]["records_per_s"], "events/s",
+            "target 5,000/s", 5000.0, 1.0),
+    ]
+
+
+@part("search", "Qdrant Edge: top-10 latency with and without a label filter before and after optimize, recall@10 "
+      "against exact search, store restart and the store stage alone.", rows=_rows)
+def run_search(ctx: Context) -> dict[str, Any]:
+    found = run(ctx.bench, ctx.passages, ctx.model, ctx.device, 10_000 if ctx.quick else 100_000,
+                stage_records=ctx.stage_records)
+    ctx.console.print("\n".join(lines(found)), highlight=False)
+    return found

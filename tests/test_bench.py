@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import ratios
+from bench import ceiling, parts  # noqa: F401  (bench.parts registers the built-in parts)
+from bench.rows import Row, all_rows, part
 from pipeline.runtime.metrics import quantile, scrape
-from tests.conftest import ROOT
+from stages.embed import token_batches
+from tests.conftest import PORT_SHIFT, ROOT
 
 
 def test_quantile_interpolates_like_prometheus() -> None:
@@ -32,33 +34,136 @@ def test_scrape_sums_labels_and_keeps_buckets() -> None:
     assert values["x_total"] == 5 and values["h_bucket{0.5}"] == 1 and values["h_bucket{+Inf}"] == 4
 
 
-def test_ratios() -> None:
-    results = {"model_ceiling": {"passages_per_s": 40}, "naive_baseline": {"passages_per_s": 20},
-               "embed_stage": {"records_per_s": 36}, "pipeline": {"passages_per_s": 32}}
-    assert ratios(results) == {"embed_stage / model_ceiling": 0.9, "pipeline / model_ceiling": 0.8,
-                               "pipeline / naive_baseline": 1.6}
+
+def test_row_ratio_and_target() -> None:
+    assert Row("x", "stage", 36, "passages/s", "ceiling", 40, 0.9).ratio == pytest.approx(0.9)
+    assert Row("x", "stage", 36, "passages/s", "ceiling", 40, 0.9).met is True
+    assert Row("x", "stage", 35, "passages/s", "ceiling", 40, 0.9).met is False
+    assert Row("x", "p99", 1.5, "s", "limit", 2.0, 1.0, at_most=True).met is True
+    assert Row("x", "p99", 2.5, "s", "limit", 2.0, 1.0, at_most=True).met is False
+    assert Row("x", "ceiling", 40, "passages/s").ratio is None and Row("x", "ceiling", 40, "passages/s").met is None
+    assert Row("x", "fixed", 30, "passages/s", "ceiling", 40).met is None  # a ratio for information
+
+
+def test_rows_divide_each_part_by_its_own_reference() -> None:
+    sweep = {"max_tokens": 2048, "max_batch": 64, "passages_per_s": 40.0}
+    results = {"meta": {"device": "cpu"},
+               "ceiling": {"best": sweep, "passages_per_s": 40.0, "tokens_per_s": 6000, "passages": 100,
+                           "settings": {"2048/64": sweep},
+                           "fixed": {"best_batch_size": 16, "passages_per_s": 32.0, "by_batch_size": {16: 32.0}}},
+               "naive": {"passages_per_s": 20.0},
+               "embed": {"records_per_s": 27.0, "mean_batch": 60, "setting": sweep,
+                         "ceiling": {"passages_per_s": 30.0}},
+               "stages": {"classify": {"records_per_s": 3000.0, "busy_records_per_s": 5000.0,
+                                       "bare": {"records_per_s": 4000.0}}},
+               "pipeline": {"passages_per_s": 24.0, "documents_per_s": 17.0, "ceiling": {"passages_per_s": 32.0},
+                            "steady_documents_per_s": 8.5, "latency_p50_s": 0.4, "latency_p99_s": 1.5,
+                            "latency_samples": 300}}
+    got = {(r.label, r.reference_label): (round(r.ratio, 3) if r.ratio else None, r.met) for r in all_rows(results)}
+    assert got == {
+        ("model ceiling (in process, no Kafka; best of the sweep)", None): (None, None),
+        ("encode at a fixed batch size (best: 16)", "model ceiling"): (0.8, None),
+        ("naive loop (one consumer, one message at a time)", "model ceiling"): (0.5, None),
+        ("embed stage alone, through the broker", "ceiling beside it"): (0.9, True),  # 27 / 30, not 27 / 40
+        ("bare Faust agent on classify's input (take + ack, no work)", None): (None, None),
+        ("classify alone", "bare Faust beside it"): (0.75, False),
+        ("whole pipeline, produce → stored", "ceiling beside it"): (0.75, False),
+        ("whole pipeline against the naive loop", "naive loop"): (1.2, True),
+        ("latency p99, ingest → stored, at 8.5 documents/s", "limit"): (0.75, True),
+    }
+    targets = {r.label: r.target for r in all_rows({**results, "meta": {"device": "cuda"}})}
+    assert targets["whole pipeline against the naive loop"] == 20.0
+    assert targets["embed stage alone, against the H100 target"] == 1.0
+
+
+def test_ceiling_sweep_is_coordinate_wise_and_measures_each_cut_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Budgets at the largest cap, then caps at the best budget; a setting that cuts the same passes as one
+    already measured shares its figure; the passes come from the embed stage's own token_batches."""
+    lengths = [10, 20, 30, 40, 50, 60, 70, 80]
+    rates = {(100, 8): 5.0, (200, 8): 9.0, (400, 8): 7.0, (800, 8): 6.0, (200, 2): 8.0}
+    measured = []
+
+    class Model:
+        max_seq_length = 256
+
+    def fake_measure(texts, model, device, max_tokens, max_batch, repeats=1):
+        measured.append((max_tokens, max_batch))
+        return {"max_tokens": max_tokens, "max_batch": max_batch, "passages_per_s": rates[(max_tokens, max_batch)],
+                "tokens_per_s": 1.0}
+
+    monkeypatch.setattr(ceiling, "load_model", lambda model, device: Model())
+    monkeypatch.setattr(ceiling, "stage_lengths", lambda texts, model, max_len: lengths)
+    monkeypatch.setattr(ceiling, "measure", fake_measure)
+    found = ceiling.sweep(["t"] * 8, "m", "cpu", budgets=[100, 200, 400, 800, 1600], caps=[2, 4, 8])
+    assert token_batches(lengths, 1600, 8) == token_batches(lengths, 800, 8)  # all 8 in one pass either way
+    assert token_batches(lengths, 200, 4) == token_batches(lengths, 200, 8)  # the budget binds before the cap
+    assert measured == [(100, 8),  # the process's warm-up, not kept
+                        (100, 8), (200, 8), (400, 8), (800, 8), (200, 2)]
+    assert found["settings"]["1600/8"]["same_as"] == "800/8" and found["settings"]["200/4"]["same_as"] == "200/8"
+    # The best figure; among settings that cut the same passes, the smallest is reported.
+    assert (found["best"]["max_tokens"], found["best"]["max_batch"]) == (200, 4) and found["passages_per_s"] == 9.0
+
+
+def test_bench_parts_registry_refuses_a_name_twice() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        part("ceiling", "again", rows=lambda results: [])(lambda ctx: {})
+
+
+def _gpu_sh(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    done = subprocess.run(
+        ["bash", "bench/gpu.sh", "--device", "cpu", "--quick", "--python", sys.executable, "--docs", "10",
+         "--out", str(tmp_path), "--port-shift", str(PORT_SHIFT), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert (tmp_path / "gpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "gpu.md").read_text()
+    assert f"torch {data['environment']['torch']}" in md and "| part | figure | divided by |" in md
+    return done, data
+
+
+def test_gpu_sh_on_cpu_without_a_broker(tmp_path: Path) -> None:
+    """The fallback where no Kafka can run: the embed stage's batch path in process, labelled so."""
+    done, data = _gpu_sh(tmp_path, "--no-broker")
+    assert data["meta"]["parts"] == ["ceiling", "embed-inprocess"]
+    passages = data["meta"]["passages"]
+    assert data["embed-inprocess"]["records"] == passages and data["ceiling"]["passages"] == passages
+    assert data["embed-inprocess"]["setting"] == {k: data["ceiling"]["best"][k] for k in ("max_tokens", "max_batch")}
+    assert {r["reference_label"] for r in data["rows"] if r["part"] == "embed-inprocess"} == {"ceiling beside it"}
+    assert set(data["ceiling"]["fixed"]["by_batch_size"]) == {"8", "32"}  # JSON keys
+    assert "runs in process" in done.stdout and "batch path in process" in done.stdout
 
 
 @pytest.mark.kafka
-def test_bench_quick_run_measures_every_part(kafka: str, tmp_path: Path) -> None:
+def test_gpu_sh_cpu_quick_through_the_broker(kafka: str, tmp_path: Path) -> None:
+    """`bash bench/gpu.sh --device cpu --quick`: ceiling sweep (and fixed batches), naive loop, embed stage,
+    pipeline."""
+    done, data = _gpu_sh(tmp_path, "--bootstrap", kafka)
+    passages = data["meta"]["passages"]
+    assert data["meta"]["parts"] == ["ceiling", "naive", "embed", "pipeline"]
+    assert data["naive"]["passages"] == passages and data["embed"]["records"] == passages
+    assert data["embed"]["ceiling"]["passages"] == passages  # the ceiling beside it: on the same passages
+    assert data["pipeline"]["passages"] == passages and data["pipeline"]["documents"] == 10
+    assert 0 < data["pipeline"]["latency_p50_s"] <= data["pipeline"]["latency_p99_s"] < 60
+    references = {r["label"]: r["reference_label"] for r in data["rows"]}
+    assert references["embed stage alone, through the broker"] == "ceiling beside it"
+    assert references["whole pipeline against the naive loop"] == "naive loop"
+    assert "whole pipeline against the naive loop" in done.stdout
+
+
+@pytest.mark.kafka
+def test_bench_light_stages_against_a_bare_faust_agent(kafka: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--docs", "12", "--stage-records", "300", "--steady-seconds", "3",
-         "--bootstrap", kafka, "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+        [sys.executable, "-m", "bench", "--quick", "--parts", "stages", "--docs", "12", "--stage-records", "300",
+         "--bootstrap", kafka, "--port-shift", str(PORT_SHIFT), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
-    passages = data["meta"]["passages"]
-    assert passages >= 12 and data["model_ceiling"]["passages_per_s"] > 0
-    assert data["naive_baseline"]["passages"] == passages  # fewer passages than the naive cap: all of them
-    assert data["embed_stage"]["records"] == passages and data["embed_stage"]["records_per_s"] > 0
-    assert {s: v["records"] for s, v in data["stages"].items()} == {"preprocess": 300, "classify": 300, "store": 300}
-    pipeline = data["pipeline"]
-    assert pipeline["passages"] == passages and pipeline["documents"] == 12
-    assert pipeline["latency_samples"] > 0 and 0 < pipeline["latency_p50_s"] <= pipeline["latency_p99_s"] < 60
-    assert set(data["ratios"]) == {"embed_stage / model_ceiling", "pipeline / model_ceiling",
-                                   "pipeline / naive_baseline"}
-    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "pipeline / naive_baseline" in done.stdout
+    assert {s: (v["records"], v["bare"]["records"]) for s, v in data["stages"].items()} == {
+        "preprocess": (300, 300), "classify": (300, 300), "store": (300, 300)}
+    assert {r["label"]: r["reference_label"] for r in data["rows"] if r["reference_label"]} == {
+        f"{s} alone": "bare Faust beside it" for s in ("preprocess", "classify", "store")}
+    assert "bare Faust beside it" in done.stdout
 
 
 def test_bench_refuses_an_unknown_part() -> None:

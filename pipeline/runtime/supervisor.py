@@ -5,6 +5,7 @@ Supervisor that restarts a worker that fails."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -26,16 +27,19 @@ def worker_command(stage: str, replica: int = 0, config: str | Path | None = Non
     return [*cmd, "run", stage, "--replica", str(replica), *args]
 
 
-def spawn(command: list[str], log: Path | None = None, new_session: bool = True) -> subprocess.Popen:
-    """Start `command` with stdout and stderr appended to `log` (or inherited), stdin closed; in its own session
-    so a Ctrl-C at the terminal reaches the supervisor only, which then stops its workers in order."""
+def spawn(command: list[str], log: Path | None = None, new_session: bool = True,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command` with stdout and stderr appended to `log` (or inherited), stdin closed, `env` added to the
+    environment; in its own session so a Ctrl-C at the terminal reaches the supervisor only, which then stops
+    its workers in order."""
     out = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         out = open(log, "ab")
     try:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                stdin=subprocess.DEVNULL, start_new_session=new_session)
+                                stdin=subprocess.DEVNULL, start_new_session=new_session,
+                                env={**os.environ, **env} if env else None)
     finally:
         if out:
             out.close()  # the child holds its own copy
