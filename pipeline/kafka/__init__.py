@@ -1,0 +1,1 @@
+"""Kafka plumbing on confluent-kafka: clients, admin, offsets and resets, producing, consuming, dead letters."""
