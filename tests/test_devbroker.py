@@ -39,7 +39,7 @@ def test_up_twice_status_and_logs(kafka: str) -> None:
     status = run_cli("dev", "status", "--port", str(TEST_PORT), env=env)
     assert status.returncode == 0
     assert f"127.0.0.1:{TEST_PORT}" in status.stderr and "answering" in status.stderr
-    logs = run_cli("dev", "logs", "--port", str(TEST_PORT), "-n", "200", env=env)
+    logs = run_cli("dev", "logs", "--port", str(TEST_PORT), "-n", "1000000", env=env)  # the whole log
     assert "Kafka Server started" in logs.stdout
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.avro.codecs import codec_for
-from pipeline.bridges.metrics import BridgeMetrics, web_app
+from pipeline.bridges.metrics import BridgeMetrics
+from pipeline.probes import probe_app
 from pipeline.avro.schemas import AvroError
 from pipeline.config import BridgeSource, Topology
 from pipeline.errors import PipelineError
@@ -214,7 +215,7 @@ class SourceBridge:
     async def _serve(self, port: int) -> None:
         from aiohttp import web
 
-        runner = web.AppRunner(web_app(self.m, lambda: self.ready), access_log=None)
+        runner = web.AppRunner(probe_app(self.m.registry, lambda: {"source": self.ready}), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port).start()
 

@@ -1,11 +1,8 @@
-"""A source bridge's Prometheus series and its /metrics, /healthz and /ready pages (aiohttp)."""
+"""A source bridge's Prometheus series (served by pipeline.probes)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class BridgeMetrics:
@@ -29,21 +26,3 @@ class BridgeMetrics:
         self.given_up = series(Counter, "pipeline_bridge_given_up", "Messages Kafka refused for good, handed to "
                                "the source's dead-letter route (RabbitMQ dead-letter exchange)")
         self.batches = series(Counter, "pipeline_bridge_batches", "Batches delivered and acked")
-
-
-def web_app(m: BridgeMetrics, ready: Callable[[], bool]) -> web.Application:
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    async def ready_page(request: web.Request) -> web.Response:
-        ok = ready()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/ready", ready_page)
-    return app

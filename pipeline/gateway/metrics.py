@@ -1,11 +1,8 @@
-"""The gateway's Prometheus series and its /metrics, /healthz and /ready pages (aiohttp)."""
+"""The gateway's Prometheus series (served by pipeline.probes)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pipeline.runtime.metrics import BATCH_BUCKETS
 
@@ -32,24 +29,3 @@ class GatewayMetrics:
         self.record_failures = Counter("pipeline_gateway_record_failures", "Exchanges that could not be recorded "
                                        "to gateway.record_to (queue-full, encode, produce, delivery)", ["reason"],
                                        registry=r)
-
-
-def web_app(m: GatewayMetrics, ready: Callable[[], dict[str, bool]]) -> web.Application:
-    """GET /metrics, /healthz (the event loop answers) and /ready (models loaded and NATS connected)."""
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    async def ready_page(request: web.Request) -> web.Response:
-        state = ready()
-        ok = all(state.values())
-        return web.json_response({"ready": ok, **state}, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/ready", ready_page)
-    return app

@@ -19,7 +19,8 @@ from pipeline.config import GatewayForward, GatewaySettings, Topology
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.gateway import protocol
 from pipeline.gateway.batcher import MicroBatcher
-from pipeline.gateway.metrics import GatewayMetrics, web_app
+from pipeline.gateway.metrics import GatewayMetrics
+from pipeline.probes import probe_app
 from pipeline.gateway.protocol import GatewayError, Request
 from pipeline.gateway.recorder import Recorder
 from pipeline.gateway.serving import load_servables
@@ -92,7 +93,7 @@ class Gateway:
                 loop.add_signal_handler(sig, self._stop.set)
             except (RuntimeError, ValueError):  # not the main thread (tests, benchmarks)
                 pass
-        runner = web.AppRunner(web_app(self.m, self.ready))
+        runner = web.AppRunner(probe_app(self.m.registry, self.ready))
         await runner.setup()
         try:
             await web.TCPSite(runner, "0.0.0.0", self.web_port).start()
