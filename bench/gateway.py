@@ -59,23 +59,8 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30
     raise RuntimeError(f"{url} not ready within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
-async def _one_at_a_time(url: str, subject: str, texts: list[str]) -> list[float]:
-    from pipeline.gateway.client import connect, request
-
-    nc = await connect(url)
-    times = []
-    try:
-        for text in texts:
-            started = time.perf_counter()
-            reply = await request(nc, url, subject, {"text": text}, 30)
-            times.append(time.perf_counter() - started)
-            assert reply.error is None, reply.data
-    finally:
-        await nc.close()
-    return times
-
-
-async def _concurrent(url: str, subject: str, texts: list[str], clients: int) -> tuple[float, list[float]]:
+async def _concurrent(url: str, subject: str, texts: list[str], clients: int,
+                      timeout: float = 60) -> tuple[float, list[float]]:
     """(seconds for all, each request's round trip) with `clients` callers each sending its share in turn."""
     from pipeline.gateway.client import connect, request
 
@@ -85,7 +70,7 @@ async def _concurrent(url: str, subject: str, texts: list[str], clients: int) ->
     async def client(mine: list[str]) -> None:
         for text in mine:
             started = time.perf_counter()
-            reply = await request(nc, url, subject, {"text": text}, 60)
+            reply = await request(nc, url, subject, {"text": text}, timeout)
             times.append(time.perf_counter() - started)
             assert reply.error is None, reply.data
 
@@ -148,8 +133,8 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
                             "--loglevel", "warning"], log))
         _wait_ready(f"http://127.0.0.1:{web_port}/ready", procs[0], log)
         subject = f"{gateway.prefix}.embed"
-        asyncio.run(_one_at_a_time(url, subject, texts[:20]))  # warm the connection and the gateway
-        sequential = asyncio.run(_one_at_a_time(url, subject, measured))
+        asyncio.run(_concurrent(url, subject, texts[:20], 1, 30))  # warm the connection and the gateway
+        sequential = asyncio.run(_concurrent(url, subject, measured, 1, 30))[1]
         overhead = [rtt - single for rtt, single in zip(sequential, singles)]
         elapsed, loaded = asyncio.run(_concurrent(url, subject, texts, clients))
         one_at_a_time_rate = len(singles) / sum(singles)
