@@ -119,6 +119,8 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
     measured = texts[:200]
     for text in measured:  # warm: on CPU the first pass of each shape pays for kernel selection (~3x)
         encode(model, [text], batch_size=1)
+    # Measured before the gateway runs: OpenMP threads left spinning by one process's forward pass would slow
+    # the other's, if the two were interleaved on few cores.
     singles = []
     for text in measured:
         started = time.perf_counter()
@@ -133,7 +135,7 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
                             "--loglevel", "warning"], log))
         _wait_ready(f"http://127.0.0.1:{web_port}/ready", procs[0], log)
         subject = f"{gateway.prefix}.embed"
-        asyncio.run(_concurrent(url, subject, texts[:20], 1, 30))  # warm the connection and the gateway
+        asyncio.run(_concurrent(url, subject, measured, 1, 30))  # warm the connection and the model, as above
         sequential = asyncio.run(_concurrent(url, subject, measured, 1, 30))[1]
         overhead = [rtt - single for rtt, single in zip(sequential, singles)]
         elapsed, loaded = asyncio.run(_concurrent(url, subject, texts, clients))
