@@ -352,17 +352,17 @@ class Topology(_Strict):
                     raise ValueError(f"bridges.{where}.{role}: topic '{topic}' is not declared under 'topics'")
             if isinstance(bridge, BridgeSource) and bridge.topic is None and self.ingest_topic() is None:
                 raise ValueError(f"bridges.{where}.topic: no stages to take the ingest topic from; name the topic")
-        for name in self.bridges.sources.keys() & self.bridges.sinks.keys():
-            raise ValueError(f"bridges: '{name}' is both a source and a sink; give them different names (a bridge's "
-                             f"dead letters, Deployment and `pipeline dlq --bridge` go by its name)")
+        both = sorted(self.bridges.sources.keys() & self.bridges.sinks.keys())
+        if both:
+            raise ValueError(f"bridges: '{both[0]}' is both a source and a sink; give them different names (a "
+                             "bridge's dead letters, Deployment and `pipeline dlq --bridge` go by its name)")
         for name in [*self.bridges.sources, *self.bridges.sinks]:
             if bridge_stage(name) in self.stages:
                 raise ValueError(f"bridges: bridge '{name}' runs as {bridge_stage(name)}, which is also a stage's "
                                  "name; rename one")
         for name, sink in self.bridges.sinks.items():
             self._check_replicas(f"bridges.sinks.{name}", sink.scaling, sink.topic)
-        for name in self.bridges.sources:
-            source = self.bridges.sources[name]
+        for name, source in self.bridges.sources.items():
             if source.scaling.min_replicas > self.bridge_max_replicas(name):
                 raise ValueError(f"bridges.sources.{name}.scaling.min_replicas: {source.scaling.min_replicas} is more "
                                  f"than max_replicas ({self.bridge_max_replicas(name)})")

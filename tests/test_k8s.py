@@ -301,8 +301,8 @@ def _bridges_topology(tmp_path: Path) -> tuple[Path, Path]:
     path = tmp_path / "topics.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     cluster = yaml.safe_load(CLUSTER.read_text())
-    cluster["bridges"] = {"sources": {"redis": {"url": "redis://redis:6379/2"},
-                                      "nats": {"url": "nats://nats:4222", "scaling": {"address": "nats-headless:8222"}}},
+    nats = {"url": "nats://nats:4222", "scaling": {"address": "nats-headless:8222"}}  # the monitoring port
+    cluster["bridges"] = {"sources": {"redis": {"url": "redis://redis:6379/2"}, "nats": nats},
                           "sinks": {"classified-to-redis": {"url": "redis://redis:6379/2"}}}
     cluster_path = tmp_path / "cluster.topics.yaml"
     cluster_path.write_text(yaml.safe_dump(cluster, sort_keys=False))
