@@ -95,6 +95,15 @@ class ScalingSettings(_Strict):
     lag_threshold: int = Field(100, ge=1)
 
 
+class BridgeScaling(ScalingSettings):
+    """How KEDA scales a source bridge's Deployment on the backlog at its source (see `pipeline k8s render`)."""
+
+    # Where KEDA's scaler reads that backlog, host:port: the NATS monitoring endpoint (default: the url's host,
+    # port 8222; a NATS cluster: its headless Service, e.g. nats-headless:8222) or the Redis server (default: the
+    # url's host and port). Needed when the URL is only in url_env. RabbitMQ's scaler uses the bridge's URL.
+    address: str | None = Field(None, pattern=r"^[\w.-]+:\d+$")
+
+
 class StageSpec(_Strict):
     # The stage's code, "module:Class"; the framework loads it by this name and never imports stages itself.
     impl: str = Field(pattern=r"^[\w.]+:\w+$")
@@ -196,6 +205,16 @@ class BridgeSource(_BridgeEnd):
     max_deliver: int = Field(10, ge=1)  # NATS: deliveries before JetStream gives a message up
     ack_wait_s: float = Field(30, gt=0)  # NATS: redelivery after this long without an ack (progress acks extend it)
     claim_idle_ms: int = Field(30_000, ge=1)  # Redis: XAUTOCLAIM entries pending this long (a dead bridge's)
+    # KEDA on the source's backlog; max_replicas defaults to the target topic's partitions.
+    scaling: BridgeScaling = Field(default_factory=BridgeScaling)
+
+    def group_name(self, name: str) -> str:
+        """The Redis consumer group of the bridge called `name`."""
+        return self.group or f"pipeline-bridge-{name}"
+
+    def consumer_name(self, name: str) -> str:
+        """The NATS durable consumer, or the Redis consumer, of the bridge called `name`."""
+        return self.consumer or bridge_stage(name)
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> BridgeSource:
@@ -211,6 +230,7 @@ class BridgeSink(_BridgeEnd):
 
     topic: str  # Kafka topic read (e.g. the classified one)
     group: str  # its own consumer group
+    web_port: int = Field(6120, ge=1, le=65535)  # the stage runtime's web server: /metrics, /healthz, /ready
     dead_letter: str  # records the sink refuses for good (the stage runtime's dead-letter topic)
     exchange: str | None = None  # RabbitMQ: exchange published to with confirms ("" = the default exchange)
     routing_key: str = ""  # RabbitMQ routing key (with the default exchange: the queue name)
@@ -219,6 +239,7 @@ class BridgeSink(_BridgeEnd):
     stream: str | None = None  # Redis stream (XADD)
     maxlen: int = Field(1_000_000, ge=1)  # Redis: XADD MAXLEN ~ this many entries
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)  # KEDA on its group's lag, as a stage's
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> BridgeSink:
@@ -227,6 +248,11 @@ class BridgeSink(_BridgeEnd):
         if missing:
             raise ValueError(f"a {self.kind} sink needs {' and '.join(missing)}")
         return self
+
+
+def bridge_stage(name: str) -> str:
+    """The stage name a bridge writes in its dead letters' headers (and a sink runs under): bridge-NAME."""
+    return f"bridge-{name}"
 
 
 class BridgesSettings(_Strict):
@@ -326,6 +352,20 @@ class Topology(_Strict):
                     raise ValueError(f"bridges.{where}.{role}: topic '{topic}' is not declared under 'topics'")
             if isinstance(bridge, BridgeSource) and bridge.topic is None and self.ingest_topic() is None:
                 raise ValueError(f"bridges.{where}.topic: no stages to take the ingest topic from; name the topic")
+        both = sorted(self.bridges.sources.keys() & self.bridges.sinks.keys())
+        if both:
+            raise ValueError(f"bridges: '{both[0]}' is both a source and a sink; give them different names (a "
+                             "bridge's dead letters, Deployment and `pipeline dlq --bridge` go by its name)")
+        for name in [*self.bridges.sources, *self.bridges.sinks]:
+            if bridge_stage(name) in self.stages:
+                raise ValueError(f"bridges: bridge '{name}' runs as {bridge_stage(name)}, which is also a stage's "
+                                 "name; rename one")
+        for name, sink in self.bridges.sinks.items():
+            self._check_replicas(f"bridges.sinks.{name}", sink.scaling, sink.topic)
+        for name, source in self.bridges.sources.items():
+            if source.scaling.min_replicas > self.bridge_max_replicas(name):
+                raise ValueError(f"bridges.sources.{name}.scaling.min_replicas: {source.scaling.min_replicas} is more "
+                                 f"than max_replicas ({self.bridge_max_replicas(name)})")
         return self
 
     def ingest_topics(self) -> list[str]:
@@ -361,21 +401,33 @@ class Topology(_Strict):
         return problems
 
     def _check_scaling(self, name: str) -> None:
-        scaling, partitions = self.stages[name].scaling, self.topic(self.stages[name].input).partitions
+        self._check_replicas(f"stages.{name}", self.stages[name].scaling, self.stages[name].input)
+
+    def _check_replicas(self, where: str, scaling: ScalingSettings, input_topic: str) -> None:
+        """A consumer group's replicas: no more than its input's partitions (the extra ones would idle)."""
+        partitions = self.topic(input_topic).partitions
         if scaling.max_replicas is not None and scaling.max_replicas > partitions:
             raise ValueError(
-                f"stages.{name}.scaling.max_replicas: {scaling.max_replicas} is more than the {partitions} "
-                f"partition(s) of its input {self.stages[name].input}, so the extra replicas would idle: lower "
-                f"max_replicas or raise topics.{self.stages[name].input}.partitions"
+                f"{where}.scaling.max_replicas: {scaling.max_replicas} is more than the {partitions} "
+                f"partition(s) of its input {input_topic}, so the extra replicas would idle: lower "
+                f"max_replicas or raise topics.{input_topic}.partitions"
             )
-        if scaling.min_replicas > self.max_replicas(name):
-            raise ValueError(f"stages.{name}.scaling.min_replicas: {scaling.min_replicas} is more than max_replicas "
-                             f"({self.max_replicas(name)})")
+        most = scaling.max_replicas or partitions
+        if scaling.min_replicas > most:
+            raise ValueError(f"{where}.scaling.min_replicas: {scaling.min_replicas} is more than max_replicas ({most})")
 
     def max_replicas(self, stage: str) -> int:
         """The most replicas the stage scales to: scaling.max_replicas, else its input topic's partitions."""
         spec = self.stages[stage]
         return spec.scaling.max_replicas or self.topic(spec.input).partitions
+
+    def bridge_max_replicas(self, name: str) -> int:
+        """The most replicas a bridge scales to: scaling.max_replicas, else the partitions of the topic a sink reads
+        or a source feeds."""
+        bridge = self.bridges.sources.get(name) or self.bridge_sink(name)
+        topic = bridge.topic or self.ingest_topic()
+        assert topic is not None  # checked when topics.yaml was loaded
+        return bridge.scaling.max_replicas or self.topic(topic).partitions
 
     def topic(self, name: str) -> ResolvedTopic:
         """The named topic with defaults applied; ConfigError if it is not declared."""

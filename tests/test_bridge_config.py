@@ -75,3 +75,15 @@ def test_unknown_bridge_is_a_clear_error():
     assert done.returncode != 0 and "no bridge source 'nope'" in done.stderr and "Traceback" not in done.stderr
     done = run_cli("bridge", "out", "nope")
     assert done.returncode != 0 and "no bridge sink 'nope'" in done.stderr
+
+
+def test_a_bridge_name_is_one_bridge_and_a_sink_scales_within_its_partitions():
+    redis = {"kind": "redis", "url": "redis://x", "stream": "s", "topic": "in", "dead_letter": "dlq"}
+    with pytest.raises(ConfigError, match=r"bridges: 'r' is both a source and a sink"):
+        topology({"sources": {"r": redis}, "sinks": {"r": {**redis, "group": "g"}}})
+    with pytest.raises(ConfigError, match=r"bridges.sinks.o.scaling.max_replicas: 4 is more than the 3 partition"):
+        topology({"sinks": {"o": {**redis, "group": "g", "scaling": {"max_replicas": 4}}}})
+    t = topology({"sources": {"r": {**redis, "scaling": {"max_replicas": 8}}}, "sinks": {"o": {**redis, "group": "g"}}})
+    assert (t.bridge_max_replicas("r"), t.bridge_max_replicas("o")) == (8, 3)  # a source is not bound by partitions
+    assert t.bridge_source("r").consumer_name("r") == "bridge-r" and t.bridge_source("r").group_name("r") == \
+        "pipeline-bridge-r"

@@ -502,3 +502,39 @@ def test_without_progress_acks_nats_redelivers_after_the_ack_wait(nats_url: str)
         return len(again)
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_status_shows_each_bridge_from_its_metrics_or_its_group(tmp_path: Path, kafka: str, redis_url: str):
+    port = 6140 + PORT_SHIFT
+    source, side = side_for("redis", {"redis": redis_url})
+    path, topology = bridge_topology(tmp_path, kafka, "redis", {**source, "web_port": port})
+    raw = yaml.safe_load(path.read_text())
+    ingest, dead = topology.ingest_topic(), topology.bridges.sources["redis"].dead_letter
+    raw["bridges"]["sources"]["silent"] = {**raw["bridges"]["sources"]["redis"], "web_port": port + 1}  # not running
+    raw["bridges"]["sinks"] = {"out": {"kind": "redis", "url": redis_url, "stream": "out", "topic": ingest,
+                                       "group": ingest + ".out", "dead_letter": dead}}
+    path, topology = sandbox.write(raw, tmp_path, ROOT / "schemas")
+    side.publish([doc(f"s-{i}") for i in range(10)] + [b"{not json"])
+    log = tmp_path / "bridge-redis.log"
+    bridge = start_bridge(path, "redis", tmp_path)
+    try:
+        wait_until(lambda: metric(port, "pipeline_bridge_messages_out_total") == 10, 60, "10 out", bridge, log)
+        wait_until(lambda: metric(port, "pipeline_bridge_source_backlog") == 0, 20, "backlog 0", bridge, log)
+        done = run_cli("-c", str(path), "status", "--json")
+        assert done.returncode == 0, done.stderr
+        rows = {row["bridge"]: row for row in json.loads(done.stdout)["bridges"]}
+        table = run_cli("-c", str(path), "status", "--interval", "0.5")
+    finally:
+        bridge.send_signal(signal.SIGTERM)
+        bridge.wait(30)
+    redis_row, silent, out = rows["redis"], rows["silent"], rows["out"]
+    assert (redis_row["state"], redis_row["messages_in"], redis_row["consumed"], redis_row["backlog"]) == \
+        ("up", 11, 10, 0)
+    assert redis_row["route"] == f"redis:{source['stream']} -> {ingest}" and redis_row["direction"] == "in"
+    assert (silent["state"], silent["backlog"], silent["consumed"]) == ("down", None, None)
+    # the sink never ran: its group has no members, and the whole topic is its lag
+    assert (out["direction"], out["members"], out["backlog"], out["consumed"]) == ("out", 0, 10, 0)
+    assert all(r["dead_letters"] == 1 and r["shared"] for r in rows.values())  # one topic for all three
+    text = " ".join(table.stderr.split())
+    assert table.returncode == 0 and "bridges" in text and "down" in text and "11 / 10" in text, table.stderr
+    assert "1 *" in text and "shared with other bridges or stages" in text

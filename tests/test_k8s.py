@@ -287,3 +287,108 @@ def test_gateway_and_nats_manifests_agree_with_the_topology():
     conf = nats_docs[("ConfigMap", "nats-config")]["data"]["nats.conf"]
     assert all(f"nats://nats-{i}.nats-headless:6222" in conf for i in range(3))
     assert "nats.yaml" in (ROOT / "k8s" / "base" / "kustomization.yaml").read_text()
+
+
+def _bridges_topology(tmp_path: Path) -> tuple[Path, Path]:
+    """The repo's topology with the commented bridges example of topics.yaml (a source of each kind and a sink),
+    and the cluster's changes with the bridges' cluster addresses."""
+    text = (ROOT / "topics.yaml").read_text()
+    block = text[text.index("# bridges:"):]
+    raw = yaml.safe_load(text)
+    raw.update(yaml.safe_load("\n".join(line[2:] for line in block.splitlines() if line.startswith("# "))))
+    raw["topics"]["docs.dlq.bridges"] = {"partitions": 1}
+    raw["schemas_dir"] = str(ROOT / "schemas")
+    path = tmp_path / "topics.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cluster = yaml.safe_load(CLUSTER.read_text())
+    nats = {"url": "nats://nats:4222", "scaling": {"address": "nats-headless:8222"}}  # the monitoring port
+    cluster["bridges"] = {"sources": {"redis": {"url": "redis://redis:6379/2"}, "nats": nats},
+                          "sinks": {"classified-to-redis": {"url": "redis://redis:6379/2"}}}
+    cluster_path = tmp_path / "cluster.topics.yaml"
+    cluster_path.write_text(yaml.safe_dump(cluster, sort_keys=False))
+    return path, cluster_path
+
+
+def test_bridges_get_a_deployment_and_a_scaler_of_their_own_kind(tmp_path: Path):
+    path, cluster_path = _bridges_topology(tmp_path)
+    tree = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", tree)
+    out = tree / "base" / "generated"
+    result = run_cli("-c", str(path), "k8s", "render", "--cluster", str(cluster_path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "bridges.yaml" in yaml.safe_load((out / "kustomization.yaml").read_text())["resources"]
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(out / "bridges.yaml")}
+    topology = load_topology(out / "topics.yaml")
+    for direction, name, port in (("in", "redis", 6121), ("in", "rabbitmq", 6122), ("in", "nats", 6123),
+                                  ("out", "classified-to-redis", 6120)):
+        deployment = docs[("Deployment", f"pipeline-bridge-{name}")]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"] == ["bridge", direction, name]
+        assert container["ports"] == [{"name": "http", "containerPort": port}]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": k8s.SECRET, "key": "KAFKA_PASSWORD"}
+        assert ("AMQP_URL" in env) == (name == "rabbitmq")  # url_env: the URL with its password from the Secret
+        scaled = docs[("ScaledObject", f"pipeline-bridge-{name}")]
+        assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        assert scaled["spec"]["maxReplicaCount"] == topology.bridge_max_replicas(name)
+    rabbit_env = {e["name"]: e for e in docs[("Deployment", "pipeline-bridge-rabbitmq")]["spec"]["template"]["spec"]
+                  ["containers"][0]["env"]}
+    assert rabbit_env["AMQP_URL"]["valueFrom"]["secretKeyRef"] == {"name": k8s.SECRET, "key": "AMQP_URL"}
+
+    def trigger(name: str) -> dict:
+        return docs[("ScaledObject", f"pipeline-bridge-{name}")]["spec"]["triggers"][0]
+
+    assert trigger("nats") == {"type": "nats-jetstream", "metadata": {
+        "natsServerMonitoringEndpoint": "nats-headless:8222", "account": "$G", "stream": "DOCS",
+        "consumer": "bridge-nats", "lagThreshold": "100"}}
+    assert trigger("redis") == {"type": "redis-streams", "metadata": {
+        "address": "redis:6379", "databaseIndex": "2", "stream": "docs", "consumerGroup": "pipeline-bridge-redis",
+        "lagCount": "100", "activationLagCount": "0"}}
+    assert trigger("rabbitmq") == {"type": "rabbitmq", "metadata": {
+        "hostFromEnv": "AMQP_URL", "queueName": "docs", "mode": "QueueLength", "value": "100"}}
+    sink = trigger("classified-to-redis")
+    assert sink["type"] == "kafka" and sink["authenticationRef"] == {"name": k8s.TRIGGER_AUTH}
+    assert (sink["metadata"]["consumerGroup"], sink["metadata"]["topic"]) == \
+        ("pipeline-bridge-classified-redis", "docs.classified")
+    report = validate_tree(tree)
+    assert not report.problems, "\n".join(map(str, report.problems))
+
+    # Offline validation knows what each scaler needs.
+    def strip(d):
+        for t in d["spec"]["triggers"]:
+            t["metadata"].pop({"nats-jetstream": "consumer", "rabbitmq": "queueName", "redis-streams": "consumerGroup",
+                               "kafka": "consumerGroup"}[t["type"]])
+
+    bridges = _docs(out / "bridges.yaml")
+    for doc in bridges:
+        if doc["kind"] == "ScaledObject":
+            strip(doc)
+    (out / "bridges.yaml").write_text(yaml.safe_dump_all(bridges, sort_keys=False))
+    text = "\n".join(map(str, validate_tree(tree).problems))
+    assert "ScaledObject/pipeline-bridge-nats spec.triggers[0].metadata: a nats-jetstream trigger needs consumer" \
+        in text
+    assert "ScaledObject/pipeline-bridge-rabbitmq spec.triggers[0].metadata: a rabbitmq trigger needs queueName" in text
+    assert "ScaledObject/pipeline-bridge-redis spec.triggers[0].metadata: lagCount needs consumerGroup" in text
+    assert "ScaledObject/pipeline-bridge-classified-to-redis spec.triggers[0].metadata: a kafka trigger needs " \
+           "consumerGroup or consumerGroupFromEnv" in text
+
+
+def test_a_bridge_kubernetes_cannot_probe_or_scale_is_refused(tmp_path: Path):
+    path, cluster_path = _bridges_topology(tmp_path)
+    cluster = yaml.safe_load(cluster_path.read_text())
+    cluster["bridges"]["sources"]["redis"] = {"url": None, "url_env": "REDIS_URL"}  # where KEDA finds it: unknown
+    cluster_path.write_text(yaml.safe_dump(cluster))
+    result = run_cli("-c", str(path), "k8s", "render", "--cluster", str(cluster_path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "bridges.sources.redis.scaling.address: KEDA's redis scaler needs the server's host:port, and the URL " \
+           "is only in $REDIS_URL" in " ".join(result.stderr.split())
+    raw = yaml.safe_load(path.read_text())
+    del raw["bridges"]["sources"]["nats"]["web_port"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cluster["bridges"]["sources"]["redis"]["scaling"] = {"address": "redis:6379"}
+    cluster_path.write_text(yaml.safe_dump(cluster))
+    result = run_cli("-c", str(path), "k8s", "render", "--cluster", str(cluster_path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "bridges.sources.nats.web_port: a bridge on Kubernetes needs its web server" \
+        in " ".join(result.stderr.split())

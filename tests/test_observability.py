@@ -31,7 +31,7 @@ def _metrics(topo, replicas: int = 2) -> dict[str, float]:
 def _status(path: Path) -> dict:
     done = run_cli("-c", str(path), "status", "--json")
     assert done.returncode == 0, done.stderr
-    return {row["stage"]: row for row in json.loads(done.stdout)}
+    return {row["stage"]: row for row in json.loads(done.stdout)["stages"]}
 
 
 def test_metrics_probes_and_status(kafka: str, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pipeline.avro.codecs import codec_for
 from pipeline.bridges.metrics import BridgeMetrics
 from pipeline.probes import probe_app
 from pipeline.avro.schemas import AvroError
-from pipeline.config import BridgeSource, Topology
+from pipeline.config import BridgeSource, Topology, bridge_stage
 from pipeline.errors import PipelineError
 from pipeline.kafka.dlq import PREFIX, error_headers
 from pipeline.kafka.limits import Limit, record_size
@@ -161,7 +161,7 @@ class SourceBridge:
         return True
 
     def _dead_letter(self, message: Message, refused: Refused) -> None:
-        headers = error_headers(f"bridge-{self.name}", refused.reason, refused.error_class, refused.message,
+        headers = error_headers(bridge_stage(self.name), refused.reason, refused.error_class, refused.message,
                                 self.source.where, 0, -1)
         headers.append((PREFIX + "source_id", message.id.encode()))
         body = message.body

@@ -17,7 +17,7 @@ from pipeline.config import BridgeSource
 class NatsSource(Source):
     def __init__(self, name: str, spec: BridgeSource) -> None:
         super().__init__(name, spec)
-        self.durable = spec.consumer or f"bridge-{name}"
+        self.durable = spec.consumer_name(name)
 
     async def open(self) -> None:
         self.client = await nats.connect(self.spec.connect_url(), max_reconnect_attempts=-1)

@@ -25,8 +25,8 @@ class RedisSource(Source):
     def __init__(self, name: str, spec: BridgeSource) -> None:
         super().__init__(name, spec)
         self.stream = spec.stream
-        self.group = spec.group or f"pipeline-bridge-{name}"
-        self.consumer = spec.consumer or f"bridge-{name}"
+        self.group = spec.group_name(name)
+        self.consumer = spec.consumer_name(name)
         self._own_pending = True  # after a restart, first the entries this consumer read and never acked
         self._next_claim = 0.0
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import pipeline
 from pipeline.avro.codecs import codec_for
-from pipeline.config import BridgeSink, StageSpec, Topology
+from pipeline.config import BridgeSink, StageSpec, Topology, bridge_stage
 from pipeline.runtime.stage import Incoming, Result, Stage, TransientError
 
 PUBLISH_TIMEOUT_S = 60.0
-DEFAULT_WEB_PORT = 6120
 
 
 class SinkOptions(pipeline.Options):
@@ -84,10 +83,10 @@ class SinkStage(Stage):
 def sink_stage(topology: Topology, name: str) -> str:
     """Add the sink as a stage of `topology` (its own group, input, dead-letter topic); the stage's name."""
     sink = topology.bridge_sink(name)
-    stage = f"bridge-{name}"
+    stage = bridge_stage(name)
     topology.stages[stage] = StageSpec(
         impl="pipeline.bridges.sink:SinkStage", input=sink.topic, output=None, dead_letter=sink.dead_letter,
-        group=sink.group, batch=sink.batch, web_port=sink.web_port or DEFAULT_WEB_PORT, options={"sink": name},
+        group=sink.group, batch=sink.batch, web_port=sink.web_port, options={"sink": name},
     )
     return stage
 

@@ -30,7 +30,7 @@ def render(
     check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if the folder differs from a render."),
 ) -> None:
     """Write the cluster's topics.yaml and schemas (a ConfigMap), a Strimzi KafkaTopic per topic, and per stage a
-    Deployment and a KEDA ScaledObject; the same topics.yaml always gives the same files."""
+    Deployment and a KEDA ScaledObject (and so per bridge); the same topics.yaml always gives the same files."""
     path = _topology_path(ctx)
     root = path.resolve().parent
     out = out or root / "k8s" / "base" / "generated"

@@ -2,8 +2,9 @@
 
 From topics.yaml, with the cluster's differences merged over it from a partial topics.yaml (cluster.topics.yaml):
 the topology the pods read (a ConfigMap with topics.yaml and the Avro schemas), a Strimzi KafkaTopic per topic,
-per stage a Deployment and a KEDA ScaledObject that scales it on its consumer group's lag, and the online gateway's
-Deployment (with a Service for each stage route it forwards to).
+per stage a Deployment and a KEDA ScaledObject that scales it on its consumer group's lag, the online gateway's
+Deployment (with a Service for each stage route it forwards to), and per bridge a Deployment and a ScaledObject (a
+source on the backlog at its source, with KEDA's own scaler for it; a sink on its group's lag, as a stage).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import posixpath
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline.config import ResolvedTopic, Topology, load_topology, validate_topology
+from pipeline.config import BridgeSource, ResolvedTopic, Topology, bridge_stage, load_topology, validate_topology
 from pipeline.errors import ConfigError
 
 IMAGE = "kafka-ai-pipeline"  # an overlay sets registry and tag with kustomize `images:`
@@ -98,11 +100,15 @@ def kafka_topic(topic: ResolvedTopic) -> dict[str, Any]:
             "spec": spec}
 
 
+def _kafka_secrets(topology: Topology) -> list[str]:
+    security = topology.kafka.security
+    return [security.username_env, security.password_env] if security.protocol.startswith("SASL") else []
+
+
 def secret_env_names(topology: Topology, stage: str) -> list[str]:
     """Environment variables a stage reads secrets from: the Kafka SASL user and password, and every stage
     option ending in `_env` (such as the store's api_key_env)."""
-    security = topology.kafka.security
-    names = [security.username_env, security.password_env] if security.protocol.startswith("SASL") else []
+    names = _kafka_secrets(topology)
     names += [v for k, v in topology.stages[stage].options.items() if k.endswith("_env") and isinstance(v, str)]
     return sorted(set(names))
 
@@ -151,23 +157,27 @@ def pod_spec(topology: Topology, stage: str | None, args: list[str],
 
 def deployment(topology: Topology, stage: str, checksum: str) -> dict[str, Any]:
     """A stage's Deployment; KEDA owns its replica count, so none is set here."""
-    spec = topology.stages[stage]
     pod = pod_spec(topology, stage, ["run", stage])
+    return _deployment(stage, pod, topology.stages[stage].web_port, checksum)
+
+
+def _deployment(component: str, pod: dict[str, Any], port: int, checksum: str) -> dict[str, Any]:
+    """A Deployment of `pod` serving /healthz and /ready on `port` (named http, for /metrics scraping too)."""
     container = pod["containers"][0]
-    container["ports"] = [{"name": "http", "containerPort": spec.web_port}]
+    container["ports"] = [{"name": "http", "containerPort": port}]
     container["startupProbe"] = _http_probe("/healthz", 5, 60)  # Kafka connection and model load: minutes
     container["livenessProbe"] = _http_probe("/healthz", 15, 4)
     container["readinessProbe"] = _http_probe("/ready", 10, 3)  # model loaded and partitions assigned
-    name = f"pipeline-{resource_name(stage)}"
+    name = f"pipeline-{resource_name(component)}"
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": _labels(stage)},
+        "metadata": {"name": name, "labels": _labels(component)},
         "spec": {
-            "selector": {"matchLabels": {f"{_LABEL}/name": "kafka-ai-pipeline", f"{_LABEL}/component": stage}},
+            "selector": {"matchLabels": {f"{_LABEL}/name": "kafka-ai-pipeline", f"{_LABEL}/component": component}},
             # Replace one pod at a time without a surge: one consumer more than partitions would get none,
             # never become ready (/ready wants partitions) and stall the rollout.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-            "template": {"metadata": {"labels": _labels(stage), "annotations": {CHECKSUM_ANNOTATION: checksum}},
+            "template": {"metadata": {"labels": _labels(component), "annotations": {CHECKSUM_ANNOTATION: checksum}},
                          "spec": pod},
         },
     }
@@ -180,10 +190,9 @@ GATEWAY_REPLICAS = 2  # NATS spreads requests over the queue group; one more rep
 def gateway_manifests(topology: Topology, checksum: str) -> list[dict[str, Any]]:
     """The online gateway (`pipeline serve`): a Deployment of replicas in one NATS queue group, and a Service
     for each stage whose route a subject forwards to (e.g. the store's /search), so the gateway reaches it."""
-    gateway, security = topology.gateway, topology.kafka.security
+    gateway = topology.gateway
     assert gateway is not None
-    secrets = [security.username_env, security.password_env] \
-        if gateway.record_to and security.protocol.startswith("SASL") else []
+    secrets = _kafka_secrets(topology) if gateway.record_to else []
     pod = pod_spec(topology, None, ["serve"], secrets)
     container = pod["containers"][0]
     container["name"] = "gateway"
@@ -214,12 +223,18 @@ def gateway_manifests(topology: Topology, checksum: str) -> list[dict[str, Any]]
 
 def scaled_object(topology: Topology, stage: str) -> dict[str, Any]:
     """A KEDA ScaledObject: the stage's Deployment follows its consumer group's lag on its input topic."""
-    spec, security = topology.stages[stage], topology.kafka.security
+    spec = topology.stages[stage]
+    return _scaled_object(stage, spec.scaling.min_replicas, topology.max_replicas(stage),
+                          _kafka_trigger(topology, spec.group, spec.input, spec.scaling.lag_threshold))
+
+
+def _kafka_trigger(topology: Topology, group: str, topic: str, lag_threshold: int) -> dict[str, Any]:
+    security = topology.kafka.security
     metadata = {
         "bootstrapServers": topology.kafka.bootstrap,
-        "consumerGroup": spec.group,
-        "topic": spec.input,
-        "lagThreshold": str(spec.scaling.lag_threshold),
+        "consumerGroup": group,
+        "topic": topic,
+        "lagThreshold": str(lag_threshold),
         "offsetResetPolicy": "earliest",  # as the stages: a group without offsets starts at the beginning
         "version": KEDA_KAFKA_VERSION,
     }
@@ -230,19 +245,84 @@ def scaled_object(topology: Topology, stage: str) -> dict[str, Any]:
     trigger: dict[str, Any] = {"type": "kafka", "metadata": metadata}
     if _trigger_secrets(topology):
         trigger["authenticationRef"] = {"name": TRIGGER_AUTH}
-    name = f"pipeline-{resource_name(stage)}"
+    return trigger
+
+
+def _scaled_object(component: str, min_replicas: int, max_replicas: int, trigger: dict[str, Any]) -> dict[str, Any]:
+    name = f"pipeline-{resource_name(component)}"
     return {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-        "metadata": {"name": name, "labels": _labels(stage)},
+        "metadata": {"name": name, "labels": _labels(component)},
         "spec": {
             "scaleTargetRef": {"name": name},
-            "minReplicaCount": spec.scaling.min_replicas,
-            "maxReplicaCount": topology.max_replicas(stage),
+            "minReplicaCount": min_replicas,
+            "maxReplicaCount": max_replicas,
             "pollingInterval": 15,
             "cooldownPeriod": 300,
             "triggers": [trigger],
         },
     }
+
+
+NATS_MONITOR_PORT = 8222  # nats-server's usual http_port (k8s/base/nats.yaml)
+NATS_ACCOUNT = "$G"  # the global account: a server without accounts configured puts every stream there
+
+
+def _scaler_address(name: str, source: BridgeSource, port: int | None) -> str:
+    """host:port of the source's server as KEDA reaches it: scaling.address, else the url's host with `port` (None:
+    the url's own port, Redis' 6379 where it names none)."""
+    if source.scaling.address:
+        return source.scaling.address
+    if not source.url:
+        raise ConfigError(f"bridges.sources.{name}.scaling.address: KEDA's {source.kind} scaler needs the server's "
+                          f"host:port, and the URL is only in ${source.url_env}; set it (e.g. in cluster.topics.yaml)")
+    url = urlsplit(source.url.split(",")[0])
+    return f"{url.hostname}:{port or url.port or 6379}"
+
+
+def source_trigger(topology: Topology, name: str) -> dict[str, Any]:
+    """KEDA's own scaler for a source bridge's backlog: messages waiting per replica above scaling.lag_threshold."""
+    source = topology.bridges.sources[name]
+    threshold = str(source.scaling.lag_threshold)
+    if source.kind == "nats":  # num_pending + num_ack_pending of the bridge's durable consumer, as its backlog gauge
+        return {"type": "nats-jetstream", "metadata": {
+            "natsServerMonitoringEndpoint": _scaler_address(name, source, NATS_MONITOR_PORT),
+            "account": NATS_ACCOUNT, "stream": source.stream, "consumer": source.consumer_name(name),
+            "lagThreshold": threshold}}
+    if source.kind == "redis":  # entries not yet delivered to the group (XINFO GROUPS lag, Redis 7+)
+        metadata = {"address": _scaler_address(name, source, None), "stream": source.stream,
+                    "consumerGroup": source.group_name(name), "lagCount": threshold, "activationLagCount": "0"}
+        url = urlsplit(source.url or "")
+        if not source.scaling.address and url.path.strip("/"):
+            metadata["databaseIndex"] = url.path.strip("/")
+        if not source.scaling.address and url.scheme == "rediss":
+            metadata["enableTLS"] = "true"
+        return {"type": "redis-streams", "metadata": metadata}
+    # RabbitMQ: ready messages in the queue; the URL from the Deployment's own variable when it is a secret
+    host = {"hostFromEnv": source.url_env} if source.url_env else {"host": source.url}
+    return {"type": "rabbitmq", "metadata": {**host, "queueName": source.queue, "mode": "QueueLength",
+                                             "value": threshold}}
+
+
+def bridge_manifests(topology: Topology, checksum: str) -> list[dict[str, Any]]:
+    """Per bridge a Deployment (`pipeline bridge in|out NAME`, probes and /metrics on its web port, its URL from
+    the Secret when it names url_env) and a ScaledObject: a source on its backlog, a sink on its group's lag."""
+    deployments, scaled = [], []
+    ends = [("in", n, b) for n, b in topology.bridges.sources.items()]
+    ends += [("out", n, b) for n, b in topology.bridges.sinks.items()]
+    for direction, name, bridge in ends:
+        if bridge.web_port is None:
+            raise ConfigError(f"bridges.sources.{name}.web_port: a bridge on Kubernetes needs its web server for "
+                              "the probes and /metrics; set web_port (e.g. in cluster.topics.yaml)")
+        secrets = _kafka_secrets(topology) + ([bridge.url_env] if bridge.url_env else [])
+        pod = pod_spec(topology, None, ["bridge", direction, name], sorted(set(secrets)))
+        pod["containers"][0]["name"] = "bridge"
+        deployments.append(_deployment(bridge_stage(name), pod, bridge.web_port, checksum))
+        trigger = source_trigger(topology, name) if direction == "in" else \
+            _kafka_trigger(topology, bridge.group, bridge.topic, bridge.scaling.lag_threshold)
+        scaled.append(_scaled_object(bridge_stage(name), bridge.scaling.min_replicas,
+                                     topology.bridge_max_replicas(name), trigger))
+    return deployments + scaled
 
 
 def _trigger_secrets(topology: Topology) -> list[dict[str, str]]:
@@ -292,8 +372,10 @@ def render(topology_path: Path, cluster_path: Path) -> dict[str, str]:
         files["triggerauthentication.yaml"] = _dump([auth], header)
     if topology.gateway is not None and topology.gateway.subjects:
         files["gateway.yaml"] = _dump(gateway_manifests(topology, checksum), header)
+    if topology.bridges.sources or topology.bridges.sinks:
+        files["bridges.yaml"] = _dump(bridge_manifests(topology, checksum), header)
     resources = [f for f in ("kafkatopics.yaml", "deployments.yaml", "scaledobjects.yaml",
-                             "triggerauthentication.yaml", "gateway.yaml") if f in files]
+                             "triggerauthentication.yaml", "gateway.yaml", "bridges.yaml") if f in files]
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": resources,

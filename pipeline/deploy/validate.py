@@ -1,5 +1,6 @@
 """Offline checks of the manifests under k8s/ (`pipeline k8s validate`): core kinds with kubernetes-validate, KEDA
-and Strimzi kinds against the CRD schemas kept in k8s/schemas, and what every kustomization.yaml refers to."""
+and Strimzi kinds against the CRD schemas kept in k8s/schemas (and KEDA triggers for the metadata their scalers
+need), and what every kustomization.yaml refers to."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ DEFAULT_K8S_VERSION = "1.34"
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 SCHEMAS_DIR = "schemas"  # under the checked folder: CRD schemas, GROUP_VERSION_KIND.json
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# What KEDA's scalers refuse to start without (the CRD leaves trigger metadata free-form): per trigger type, groups
+# of keys of which one must be set; AUTH: a TriggerAuthentication (authenticationRef) may give it instead.
+AUTH = "authenticationRef"
+TRIGGER_METADATA: dict[str, list[tuple[str, ...]]] = {
+    "kafka": [("bootstrapServers", "bootstrapServersFromEnv", AUTH), ("consumerGroup", "consumerGroupFromEnv")],
+    "nats-jetstream": [("natsServerMonitoringEndpoint", AUTH), ("account", AUTH), ("stream",), ("consumer",)],
+    "rabbitmq": [("host", "hostFromEnv", AUTH), ("queueName",)],
+    "redis-streams": [("address", "addressFromEnv", "host", "hostFromEnv"), ("stream",)],
+}
+# Keys that mean nothing without another: (type, key, the key it needs, why).
+TRIGGER_PAIRS = [
+    ("rabbitmq", "mode", "value", "the backlog (QueueLength) or rate (MessageRate) per replica"),
+    ("redis-streams", "lagCount", "consumerGroup", "without it the scaler counts the stream's length instead"),
+]
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,8 @@ def check_document(doc: Any, schemas: Path, k8s_version: str) -> list[tuple[str,
     schema_file = _schema_file(schemas, doc["apiVersion"], doc["kind"])
     if schema_file.is_file():
         errors = sorted(_crd_validator(schema_file).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
-        return [(_path(e.absolute_path), e.message) for e in errors]
+        found = [(_path(e.absolute_path), e.message) for e in errors]
+        return found or (_trigger_problems(doc) if doc["apiVersion"].startswith("keda.sh/") else [])
     try:
         kubernetes_validate.validate(doc, k8s_version, strict=True)
     except kubernetes_validate.ValidationError as exc:  # the first error only: that is what the library reports
@@ -140,6 +156,23 @@ def check_document(doc: Any, schemas: Path, k8s_version: str) -> list[tuple[str,
         raise PipelineError(f"kubernetes-validate has no schemas for Kubernetes {k8s_version}: pick another "
                             "--k8s-version (or upgrade kubernetes-validate)") from None
     return []
+
+
+def _trigger_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, message) of each KEDA trigger of a known type that lacks metadata its scaler requires."""
+    problems = []
+    for i, trigger in enumerate((doc.get("spec") or {}).get("triggers") or []):
+        metadata = trigger.get("metadata") or {}
+        present = {k for k, v in metadata.items() if v not in (None, "")} | ({AUTH} if trigger.get(AUTH) else set())
+        for group in TRIGGER_METADATA.get(trigger.get("type"), []):
+            if not present & set(group):
+                keys = " or ".join(k for k in group if k != AUTH) + (" (or an authenticationRef)" if AUTH in group
+                                                                      else "")
+                problems.append((f"spec.triggers[{i}].metadata", f"a {trigger['type']} trigger needs {keys}"))
+        for kind, key, needed, why in TRIGGER_PAIRS:
+            if trigger.get("type") == kind and key in present and needed not in present:
+                problems.append((f"spec.triggers[{i}].metadata", f"{key} needs {needed} ({why})"))
+    return problems
 
 
 def _label(doc: Any) -> str:

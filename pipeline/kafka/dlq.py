@@ -51,32 +51,47 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     error: dict[str, str]  # stage, reason, class, message, topic, partition, offset, time_ms
+    topic: str = ""  # the dead-letter topic it was read from
 
     @property
     def reason(self) -> str:
         return self.error.get("reason", "unknown")
 
+    @property
+    def origin(self) -> str:
+        """Where this letter lies: dead-letter topic/partition/offset."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def topic_dead_letters(topology: Topology, topic: str, written_by: str | None = None) -> list[DeadLetter]:
+    """Every record in a dead-letter topic, oldest first per partition; with `written_by`, only those whose
+    stage header names it (a topic that several bridges or stages share)."""
+    letters = [DeadLetter(r.partition, r.offset, r.key, r.raw, read_headers(r.headers), topic)
+               for r in consume(topology, topic, from_beginning=True, exit_at_end=True)]
+    return [d for d in letters if written_by is None or d.error.get("stage") == written_by]
+
 
 def dead_letters(topology: Topology, stage: str) -> list[DeadLetter]:
     """Every record in the stage's dead-letter topic, oldest first per partition."""
-    topic = topology.stages[stage].dead_letter
-    return [
-        DeadLetter(r.partition, r.offset, r.key, r.raw, read_headers(r.headers))
-        for r in consume(topology, topic, from_beginning=True, exit_at_end=True)
-    ]
+    return topic_dead_letters(topology, topology.stages[stage].dead_letter)
 
 
 def redrive(topology: Topology, stage: str, letters: list[DeadLetter],
             on_progress: Callable[[int], None] | None = None, **producer_overrides: object) -> int:
     """Put the letters' original key and value bytes back on the stage's input; returns how many were acked."""
-    spec = topology.stages[stage]
+    return send_back(topology, topology.stages[stage].input, [(d.origin, d.key, d.value) for d in letters],
+                     on_progress, **producer_overrides)
+
+
+def send_back(topology: Topology, topic: str, records: list[tuple[str, bytes | None, bytes | None]],
+              on_progress: Callable[[int], None] | None = None, **producer_overrides: object) -> int:
+    """Produce (origin, key, value) records to `topic`, each with a REDRIVEN_FROM header naming its origin; how
+    many were acked, or KafkaUnavailable when not all of them were."""
     sender = Sender(topology, **producer_overrides)
     refused: list[str] = []
-    for n, letter in enumerate(letters, start=1):
-        origin = f"{spec.dead_letter}/{letter.partition}/{letter.offset}"
+    for n, (origin, key, value) in enumerate(records, start=1):
         try:
-            sender.send(spec.input, letter.value, letter.key, headers=[(REDRIVEN_FROM, origin.encode())],
-                        tag=origin)
+            sender.send(topic, value, key, headers=[(REDRIVEN_FROM, origin.encode())], tag=origin)
         except KafkaException as exc:  # refused by the producer itself, e.g. over message.max.bytes
             refused.append(f"{origin}: {exc.args[0].str()}")
         if on_progress:
@@ -84,7 +99,7 @@ def redrive(topology: Topology, stage: str, letters: list[DeadLetter],
     barrier = sender.flush(60)
     failed = refused + [f"{f.tag}: {f.error.str()}" for f in barrier.failures]
     if failed or barrier.unacked:
-        raise KafkaUnavailable(f"redrive: {sender.acked} of {len(letters)} acknowledged, {barrier.unacked} "
+        raise KafkaUnavailable(f"redrive: {sender.acked} of {len(records)} acknowledged, {barrier.unacked} "
                                f"unacknowledged after 60 s, {len(failed)} failed ({'; '.join(failed[:3])}); "
                                "redriving again may duplicate the acknowledged ones (use --where to narrow)")
     return sender.acked

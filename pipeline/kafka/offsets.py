@@ -38,10 +38,15 @@ _COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_I
 def stage_lag(topology: Topology, stage: str, timeout: float = 10) -> list[PartitionLag]:
     """Per input partition of `stage`: where its group committed, the log's range, and the lag."""
     spec = topology.stages[stage]
-    probe = consumer(topology, group=spec.group)  # never subscribes, so it does not join the group
+    return group_lag(topology, spec.group, spec.input, timeout)
+
+
+def group_lag(topology: Topology, group: str, topic: str, timeout: float = 10) -> list[PartitionLag]:
+    """Per partition of `topic`: where `group` committed, the log's range, and the lag."""
+    probe = consumer(topology, group=group)  # never subscribes, so it does not join the group
     try:
-        meta = probe.list_topics(spec.input, timeout=timeout)
-        partitions = [TopicPartition(spec.input, p) for p in sorted(meta.topics[spec.input].partitions)]
+        meta = probe.list_topics(topic, timeout=timeout)
+        partitions = [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
         committed = _retrying(lambda: probe.committed(partitions, timeout=timeout), timeout)
         rows = []
         for tp in committed:
@@ -49,7 +54,7 @@ def stage_lag(topology: Topology, stage: str, timeout: float = 10) -> list[Parti
             rows.append(PartitionLag(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else None, start, end))
         return rows
     except KafkaException as exc:
-        raise KafkaUnavailable(f"reading offsets of group {spec.group}: {exc}") from None
+        raise KafkaUnavailable(f"reading offsets of group {group}: {exc}") from None
     finally:
         probe.close()
 

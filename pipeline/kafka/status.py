@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.config import Topology
 from pipeline.kafka.offsets import group_state, stage_lag, topic_end_offsets
@@ -34,15 +36,18 @@ def snapshot(topology: Topology) -> dict[str, StageStatus]:
 
 
 class Throughput:
-    """Records/s per stage over a sliding window, from the committed offsets of successive snapshots."""
+    """Records/s per stage (or bridge) over a sliding window, from the counts of successive snapshots."""
 
     def __init__(self, window: float = 60.0) -> None:
         self.window = window
         self.samples: dict[str, deque[tuple[float, int]]] = {}
 
-    def add(self, statuses: dict[str, StageStatus], now: float | None = None) -> None:
+    def add(self, statuses: Mapping[str, Any], now: float | None = None) -> None:
+        """One reading: anything with `consumed` (a count that only grows; None: not known this time)."""
         now = time.monotonic() if now is None else now
         for name, status in statuses.items():
+            if status.consumed is None:
+                continue
             samples = self.samples.setdefault(name, deque())
             samples.append((now, status.consumed))
             while len(samples) > 2 and now - samples[1][0] >= self.window:
