@@ -85,3 +85,17 @@ def test_faust_agent_reads_and_commits(topology, tmp_path: Path) -> None:
     assert committed == ends, f"committed {committed}, log end {ends}\n{output[-3000:]}"
     seen = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(s[0] for s in seen) == sorted(d["doc_id"] for d in docs)
+
+
+def test_no_tables_manager_mirrors_fausts_start() -> None:
+    """NoTablesManager is Faust's TableManager.on_start less its one-second sleep: if Faust's version changes,
+    this fails so that the copy is looked at again."""
+    import inspect
+
+    from faust.tables import TableManager
+
+    from pipeline.runtime.app import NoTablesManager
+
+    body = [line.strip() for line in inspect.getsource(TableManager.on_start).splitlines()[2:]]
+    ours = [line.strip() for line in inspect.getsource(NoTablesManager.on_start).splitlines()[1:]]
+    assert body == ["await self.sleep(1.0)", *ours], body

@@ -9,7 +9,6 @@ import typer
 
 from pipeline.commands.context import console, out, settings
 from pipeline.commands.serve import NATS_OPTION
-from pipeline.gateway.server import gateway_settings
 
 
 def ask(
@@ -25,7 +24,8 @@ def ask(
     nats: str = NATS_OPTION,
 ) -> None:
     """Send TEXT to PREFIX.SUBJECT and print the reply as JSON; an error reply exits 1 with its message."""
-    from pipeline.gateway.client import ErrorReply, ask as send
+    from pipeline.gateway.client import ErrorReply, ask as send  # here: nats loads only for this command
+    from pipeline.gateway.server import gateway_settings
 
     topology = settings(ctx).topology()
     gateway = gateway_settings(topology)

@@ -7,7 +7,6 @@ import logging
 import typer
 
 from pipeline.commands.context import console, settings
-from pipeline.gateway.server import gateway_settings
 
 NATS_OPTION = typer.Option(None, "--nats", envvar="NATS_URL",
                            help="NATS server URL(s), comma-separated, instead of gateway.servers in topics.yaml.")
@@ -23,7 +22,7 @@ def serve(
     """Answer requests on PREFIX.embed, PREFIX.classify and PREFIX.search (the subjects of topics.yaml's gateway
     section) until Ctrl-C or SIGTERM. Replicas share the load in one NATS queue group; requests are
     micro-batched; each exchange is recorded to gateway.record_to."""
-    from pipeline.gateway.server import run_gateway
+    from pipeline.gateway.server import gateway_settings, run_gateway  # here: nats loads only for this command
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     topology = settings(ctx).topology()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -94,7 +95,10 @@ def add_pages(app: faust.App, ready: threading.Event, m: StageMetrics) -> None:
 
     class Ready(faust.web.View):
         async def get(self, request: faust.web.Request) -> faust.web.Response:
-            assigned = len(app.consumer.assignment()) if app.consumer else 0
+            try:
+                assigned = len(app.consumer.assignment()) if app.consumer else 0
+            except ConsumerNotStarted:  # asked while the worker starts: not ready yet, not an error
+                assigned = 0
             ok = ready.is_set() and assigned > 0
             return self.json({"ready": ok, "model_loaded": ready.is_set(), "partitions": assigned},
                              status=200 if ok else 503)
