@@ -106,3 +106,11 @@ class VectorStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+def by_count(counts: dict[str, int]) -> dict[int, list[str]]:
+    """Doc ids grouped by passage count: one filter clause per count (a handful) instead of one per document."""
+    groups: dict[int, list[str]] = {}
+    for doc, n in counts.items():
+        groups.setdefault(n, []).append(doc)
+    return groups

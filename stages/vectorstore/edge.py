@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.vectorstore.base import BUILTIN_INDEXES, Hit, IndexType, Point, VectorStore
+from stages.vectorstore.base import BUILTIN_INDEXES, Hit, IndexType, Point, VectorStore, by_count
 
 log = logging.getLogger("stages.vectorstore")
 ALIASES = "aliases.json"
@@ -145,8 +145,9 @@ class EdgeStore(VectorStore):
         if not counts:
             return
         stale = e.Filter(should=[
-            e.Filter(must=[_condition("doc_id", doc), e.FieldCondition(key="passage_index", range=e.RangeFloat(gte=n))])
-            for doc, n in counts.items()])
+            e.Filter(must=[e.FieldCondition(key="doc_id", match=e.MatchAny(docs)),
+                           e.FieldCondition(key="passage_index", range=e.RangeFloat(gte=n))])
+            for n, docs in by_count(counts).items()])
         with self._write:
             self._shard(collection).update(e.UpdateOperation.delete_points_by_filter(stale))
             self._dirty.add(collection)

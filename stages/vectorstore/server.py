@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from stages.vectorstore.base import BUILTIN_INDEXES, Hit, IndexType, Point, VectorStore
+from stages.vectorstore.base import BUILTIN_INDEXES, Hit, IndexType, Point, VectorStore, by_count
 
 
 def _filter(where: dict[str, Any] | None) -> Any:
@@ -74,9 +74,9 @@ class ServerStore(VectorStore):
         if not counts:
             return
         self.client.delete(collection, points_selector=models.FilterSelector(filter=models.Filter(should=[
-            models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc)),
+            models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=docs)),
                                 models.FieldCondition(key="passage_index", range=models.Range(gte=n))])
-            for doc, n in counts.items()])), wait=True)
+            for n, docs in by_count(counts).items()])), wait=True)
 
     def search(self, name: str, vector: list[float], k: int, where: dict[str, Any] | None = None,
                exact: bool = False) -> list[Hit]:
