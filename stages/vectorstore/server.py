@@ -82,8 +82,13 @@ class ServerStore(VectorStore):
                exact: bool = False) -> list[Hit]:
         from qdrant_client import models
 
+        params = None
+        if exact:
+            params = models.SearchParams(exact=True)
+        elif where:  # ACORN keeps recall behind a selective filter: see stages/vectorstore/edge.py
+            params = models.SearchParams(acorn=models.AcornSearchParams(enable=True))
         found = self.client.query_points(name, query=vector, query_filter=_filter(where), limit=k, with_payload=True,
-                                         search_params=models.SearchParams(exact=True) if exact else None)
+                                         search_params=params)
         return [Hit(str(p.id), p.score, p.payload or {}) for p in found.points]
 
     def count(self, name: str) -> int:
