@@ -13,6 +13,7 @@ from pipeline.avro.schemas import SchemaStore
 from pipeline.errors import ConfigError
 
 DEFAULT_CONFIG = "topics.yaml"
+NO_BRIDGES = "none: the repository's topics.yaml ends with a commented `bridges:` example"
 
 
 def _as_kafka_value(value: Any) -> str:
@@ -349,7 +350,9 @@ class Topology(_Strict):
             for role in roles:
                 topic = getattr(bridge, role)
                 if topic is not None and topic not in self.topics:
-                    raise ValueError(f"bridges.{where}.{role}: topic '{topic}' is not declared under 'topics'")
+                    hint = f"; add `{topic}: {{partitions: 1}}` there" if role == "dead_letter" else ""
+                    raise ValueError(f"bridges.{where}.{role}: topic '{topic}' is not declared under 'topics'{hint}, "
+                                     "then run `pipeline topics apply`")
             if isinstance(bridge, BridgeSource) and bridge.topic is None and self.ingest_topic() is None:
                 raise ValueError(f"bridges.{where}.topic: no stages to take the ingest topic from; name the topic")
         both = sorted(self.bridges.sources.keys() & self.bridges.sinks.keys())
@@ -380,13 +383,13 @@ class Topology(_Strict):
 
     def bridge_source(self, name: str) -> BridgeSource:
         if name not in self.bridges.sources:
-            known = ", ".join(self.bridges.sources) or "none"
+            known = ", ".join(self.bridges.sources) or NO_BRIDGES
             raise ConfigError(f"no bridge source '{name}' in {self._source} (bridges.sources: {known})")
         return self.bridges.sources[name]
 
     def bridge_sink(self, name: str) -> BridgeSink:
         if name not in self.bridges.sinks:
-            known = ", ".join(self.bridges.sinks) or "none"
+            known = ", ".join(self.bridges.sinks) or NO_BRIDGES
             raise ConfigError(f"no bridge sink '{name}' in {self._source} (bridges.sinks: {known})")
         return self.bridges.sinks[name]
 

@@ -34,7 +34,8 @@ def test_a_source_defaults_to_its_ingest_topic_and_kind_fields_are_required():
 
 
 def test_topics_must_be_declared_and_an_ingest_topic_must_exist():
-    with pytest.raises(ConfigError, match=r"bridges.sources.r.dead_letter: topic 'nope' is not declared"):
+    with pytest.raises(ConfigError, match=r"bridges.sources.r.dead_letter: topic 'nope' is not declared under "
+                                          r"'topics'; add `nope: {partitions: 1}` there, then run `pipeline topics"):
         topology({"sources": {"r": {"kind": "redis", "url": "u", "stream": "s", "topic": "in", "dead_letter": "nope"}}})
     with pytest.raises(ConfigError, match=r"no stages to take the ingest topic from"):
         topology({"sources": {"r": {"kind": "redis", "url": "u", "stream": "s", "dead_letter": "dlq"}}})
@@ -62,9 +63,8 @@ def test_the_commented_example_in_topics_yaml_is_valid_once_uncommented():
     text = (ROOT / "topics.yaml").read_text()
     block = text[text.index("# bridges:"):]
     example = yaml.safe_load("\n".join(line[2:] for line in block.splitlines() if line.startswith("# ")))
-    raw = yaml.safe_load(text)
-    assert "bridges" not in raw
-    raw["topics"]["docs.dlq.bridges"] = {"partitions": 1}
+    assert "bridges" not in yaml.safe_load(text)
+    raw = yaml.safe_load(text.replace("  # docs.dlq.bridges:", "  docs.dlq.bridges:"))  # its topic, commented too
     t = validate_topology({**raw, **example}, "topics.yaml")
     assert set(t.bridges.sources) == {"redis", "rabbitmq", "nats"} and t.bridge_source("nats").stream == "DOCS"
     assert t.bridge_sink("classified-to-redis").maxlen == 1_000_000 and t.ingest_topic() == "docs.raw"
@@ -73,6 +73,7 @@ def test_the_commented_example_in_topics_yaml_is_valid_once_uncommented():
 def test_unknown_bridge_is_a_clear_error():
     done = run_cli("bridge", "in", "nope")
     assert done.returncode != 0 and "no bridge source 'nope'" in done.stderr and "Traceback" not in done.stderr
+    assert "commented `bridges:` example" in done.stderr  # the repository's topics.yaml declares none
     done = run_cli("bridge", "out", "nope")
     assert done.returncode != 0 and "no bridge sink 'nope'" in done.stderr
 

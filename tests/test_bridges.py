@@ -504,6 +504,25 @@ def test_without_progress_acks_nats_redelivers_after_the_ack_wait(nats_url: str)
     assert asyncio.run(scenario()) == 1
 
 
+def test_a_bridge_without_its_topics_or_its_server_says_what_to_do(tmp_path: Path, kafka: str):
+    path, topology = write_topology(tmp_path, kafka)
+    raw = yaml.safe_load(path.read_text())
+    dead = topology.ingest_topic().removesuffix("docs.raw") + "docs.dlq.bridge"
+    raw["topics"][dead] = {"partitions": 1}
+    raw["bridges"] = {"sources": {"r": {"kind": "redis", "url": f"redis://127.0.0.1:{REDIS_TEST_PORT + 7}/0",
+                                        "stream": "s", "dead_letter": dead}}}
+    path, topology = sandbox.write(raw, tmp_path, ROOT / "schemas")
+    done = run_cli("-c", str(path), "bridge", "in", "r")  # before `topics apply`
+    text = " ".join(done.stderr.split())
+    assert done.returncode == 2 and f"{dead}, {topology.ingest_topic()} not on the cluster" in text, text
+    assert "topics apply`" in text and "Traceback" not in text
+    assert run_cli("-c", str(path), "topics", "apply").returncode == 0
+    done = run_cli("-c", str(path), "bridge", "in", "r")  # nothing listens on that port
+    text = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "cannot open redis:s (ConnectionError" in text, text
+    assert "`pipeline dev up --with redis`" in text and "Traceback" not in text
+
+
 def test_status_shows_each_bridge_from_its_metrics_or_its_group(tmp_path: Path, kafka: str, redis_url: str):
     port = 6140 + PORT_SHIFT
     source, side = side_for("redis", {"redis": redis_url})
@@ -520,6 +539,7 @@ def test_status_shows_each_bridge_from_its_metrics_or_its_group(tmp_path: Path, 
     try:
         wait_until(lambda: metric(port, "pipeline_bridge_messages_out_total") == 10, 60, "10 out", bridge, log)
         wait_until(lambda: metric(port, "pipeline_bridge_source_backlog") == 0, 20, "backlog 0", bridge, log)
+        wait_until(lambda: f"message(s) to {ingest}" in log.read_text(), 10, "a progress line", bridge)
         done = run_cli("-c", str(path), "status", "--json")
         assert done.returncode == 0, done.stderr
         rows = {row["bridge"]: row for row in json.loads(done.stdout)["bridges"]}

@@ -4,6 +4,7 @@ Kafka acknowledged every record; what cannot be decoded or validated goes to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -202,14 +203,24 @@ class SourceBridge:
         raise PipelineError(f"Kafka refused records {SEND_ATTEMPTS} times ({failures[0]}); nothing of this batch "
                             "was acked at the source, which will deliver it again")
 
-    async def _watch_backlog(self) -> None:
+    async def _watch(self) -> None:
+        """Every BACKLOG_EVERY_S: the source's backlog for /metrics, and a log line when messages moved (so that
+        a bridge started by hand shows its work)."""
+        reported = (0, 0)
         while True:
+            backlog = None
             try:
                 backlog = await self.source.backlog()
                 if backlog is not None:
                     self.m.backlog.set(backlog)
             except Exception as exc:  # the source is away: the read loop says so
                 log.debug("%s: backlog unknown (%s)", self.name, exc)
+            moved = (self.m.total("messages_out"), self.m.total("dead_letters"))
+            if moved != reported:
+                log.info("%s: %d message(s) to %s, %d to %s; backlog at the source: %s", self.name,
+                         moved[0] - reported[0], self.converter.topic, moved[1] - reported[1], self.dead_letter,
+                         "unknown" if backlog is None else backlog)
+                reported = moved
             await asyncio.sleep(BACKLOG_EVERY_S)
 
     async def _serve(self, port: int) -> None:
@@ -222,8 +233,15 @@ class SourceBridge:
     async def run(self) -> None:
         if self.spec.web_port:
             await self._serve(self.spec.web_port)
-        await self.source.open()
-        watcher = asyncio.create_task(self._watch_backlog())
+        try:
+            await self.source.open()
+        except Exception as exc:  # the server is not there (or refuses the stream, queue or consumer as declared)
+            with contextlib.suppress(Exception):  # what did open, so that no client complains at exit
+                await self.source.close()
+            raise PipelineError(f"bridge {self.name}: cannot open {self.source.where} ({type(exc).__name__}: {exc}); "
+                                f"without a server, `pipeline dev up --with {self.spec.kind}` starts one locally"
+                                ) from None
+        watcher = asyncio.create_task(self._watch())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)

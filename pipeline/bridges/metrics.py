@@ -10,9 +10,10 @@ class BridgeMetrics:
 
     def __init__(self, bridge: str, kind: str) -> None:
         self.registry = CollectorRegistry()
+        self.labels = {"bridge": bridge, "kind": kind}
 
         def series(cls, name: str, doc: str):
-            return cls(name, doc, ["bridge", "kind"], registry=self.registry).labels(bridge=bridge, kind=kind)
+            return cls(name, doc, ["bridge", "kind"], registry=self.registry).labels(**self.labels)
 
         self.messages_in = series(Counter, "pipeline_bridge_messages_in", "Messages read from the source")
         self.messages_out = series(Counter, "pipeline_bridge_messages_out", "Records Kafka acknowledged on the "
@@ -26,3 +27,7 @@ class BridgeMetrics:
         self.given_up = series(Counter, "pipeline_bridge_given_up", "Messages Kafka refused for good, handed to "
                                "the source's dead-letter route (RabbitMQ dead-letter exchange)")
         self.batches = series(Counter, "pipeline_bridge_batches", "Batches delivered and acked")
+
+    def total(self, counter: str) -> int:
+        """A counter's value so far, e.g. total("messages_out")."""
+        return int(self.registry.get_sample_value(f"pipeline_bridge_{counter}_total", self.labels) or 0)

@@ -10,8 +10,15 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
-from pipeline.bridges.base import Message, Source
+from pipeline.bridges.base import Message, Source, log
 from pipeline.config import BridgeSource
+
+CONNECT_WAIT_S = 10.0  # a source that finds no server by then exits with a message (after that it reconnects)
+
+
+async def _log_error(exc: Exception) -> None:
+    """nats-py's errors (a refused connection while it retries) as one line each, not its default traceback."""
+    log.warning("NATS: %s: %s", type(exc).__name__, exc)
 
 
 class NatsSource(Source):
@@ -20,7 +27,11 @@ class NatsSource(Source):
         self.durable = spec.consumer_name(name)
 
     async def open(self) -> None:
-        self.client = await nats.connect(self.spec.connect_url(), max_reconnect_attempts=-1)
+        try:
+            self.client = await asyncio.wait_for(nats.connect(self.spec.connect_url(), max_reconnect_attempts=-1,
+                                                              error_cb=_log_error), CONNECT_WAIT_S)
+        except asyncio.TimeoutError:
+            raise ConnectionError(f"no NATS server answered in {CONNECT_WAIT_S:.0f} s") from None
         self.js = self.client.jetstream()
         try:
             await self.js.stream_info(self.spec.stream)
@@ -66,7 +77,7 @@ class NatsPublisher:
 
     async def publish(self, bodies: list[tuple[str, bytes]]) -> None:
         if self.client is None:
-            self.client = await nats.connect(self.url, max_reconnect_attempts=-1)
+            self.client = await nats.connect(self.url, max_reconnect_attempts=-1, error_cb=_log_error)
             self.js = self.client.jetstream()
         if self.jetstream:
             for id_, body in bodies:

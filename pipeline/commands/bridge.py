@@ -7,6 +7,7 @@ import logging
 import typer
 
 from pipeline.commands.context import settings
+from pipeline.kafka.admin import require_topics
 
 app = typer.Typer(help="Bridges to NATS JetStream, RabbitMQ and Redis Streams (bridges: in topics.yaml).",
                   no_args_is_help=True)
@@ -18,7 +19,8 @@ def in_(ctx: typer.Context, name: str = typer.Argument(..., help="A source under
     """Move messages from the source into its Kafka topic until Ctrl-C or SIGTERM; each batch is acked at the
     source only after Kafka acknowledged all of it."""
     topology = settings(ctx).topology()
-    topology.bridge_source(name)
+    source = topology.bridge_source(name)
+    require_topics(topology, [source.topic or topology.ingest_topic(), source.dead_letter])
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pipeline.bridges.base import run_source
 
@@ -31,7 +33,8 @@ def out(ctx: typer.Context, name: str = typer.Argument(..., help="A sink under b
     """Publish a Kafka topic's records to the sink on the stage runtime: offsets are committed only after the
     sink confirmed."""
     topology = settings(ctx).topology()
-    topology.bridge_sink(name)
+    sink = topology.bridge_sink(name)
+    require_topics(topology, [sink.topic, sink.dead_letter])
     from pipeline.bridges.sink import run_sink
 
     run_sink(topology, name, loglevel)

@@ -9,6 +9,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
+    ClusterMetadata,
     ConfigEntry,
     ConfigResource,
     NewPartitions,
@@ -61,15 +62,19 @@ def _resolve(futures: dict, what: str) -> dict:
     return results
 
 
-def cluster_topics(admin: AdminClient, names: list[str] | None = None, timeout: float = 15) -> dict[str, ClusterTopic]:
-    """Topics on the cluster (all non-internal ones, or just `names`) with partitions, replication and config."""
+def _metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
     try:
-        metadata = admin.list_topics(timeout=timeout)
+        return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise KafkaUnavailable(
             f"cannot reach Kafka ({exc.args[0].str() if exc.args else exc}). Start a local broker with "
             "`pipeline dev up`, or point at one with --bootstrap HOST:PORT / KAFKA_BOOTSTRAP."
         ) from None
+
+
+def cluster_topics(admin: AdminClient, names: list[str] | None = None, timeout: float = 15) -> dict[str, ClusterTopic]:
+    """Topics on the cluster (all non-internal ones, or just `names`) with partitions, replication and config."""
+    metadata = _metadata(admin, timeout)
     wanted = [
         t for t in metadata.topics
         if not t.startswith("__") and (names is None or t in names)
@@ -89,6 +94,15 @@ def cluster_topics(admin: AdminClient, names: list[str] | None = None, timeout: 
             config={k: e.value for k, e in entries.items() if e.value is not None},
         )
     return found
+
+
+def require_topics(topology: Topology, names: list[str]) -> None:
+    """KafkaUnavailable, saying to run `pipeline topics apply`, when any of `names` is not on the cluster."""
+    found = _metadata(admin_client(topology), 15).topics
+    missing = sorted(n for n in set(names) if n not in found or found[n].error is not None)
+    if missing:
+        raise KafkaUnavailable(f"topic(s) {', '.join(missing)} not on the cluster at {topology.kafka.bootstrap}: "
+                               f"run `pipeline -c {topology.source} topics apply`")
 
 
 def plan(topology: Topology, existing: dict[str, ClusterTopic]) -> list[Action]:
