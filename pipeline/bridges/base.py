@@ -41,6 +41,11 @@ class Message:
     handle: Any = None
 
 
+class Redelivered(Exception):
+    """Source.ack cannot ack these messages because the source took them back (RabbitMQ: their channel closed):
+    they come again, so retrying the ack is pointless."""
+
+
 @dataclass(frozen=True)
 class Refused:
     """Why a message cannot go to the target topic: a short reason code and a message."""
@@ -287,9 +292,15 @@ class SourceBridge:
             try:
                 await self.source.ack(batch)
                 self.m.acked.inc(len(batch))
+                self.m.stuck.set(0)
+                return
+            except Redelivered as exc:
+                log.warning("%s: %d message(s) not acked at %s (%s); the source delivers them again", self.name,
+                            len(batch), self.source.where, exc)
                 return
             except Exception as exc:
                 self.m.retries.inc()
+                self.m.stuck.set(1)
                 log.warning("%s: ack at %s failed (%s); retrying", self.name, self.source.where, exc)
                 await asyncio.sleep(min(0.5 * attempt, 5))
         log.error("%s: could not ack %d message(s); the source will deliver them again", self.name, len(batch))

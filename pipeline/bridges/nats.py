@@ -44,6 +44,8 @@ class NatsSource(Source):
                                                          stream=self.spec.stream, config=config)
 
     async def read(self) -> list[Message]:
+        if not self.client.is_connected:  # a fetch would only time out, as if the stream were empty
+            raise ConnectionError("not connected to NATS (reconnecting)")
         try:
             got = await self.subscription.fetch(self.spec.batch, timeout=self.spec.block_ms / 1000)
         except (NatsTimeout, asyncio.TimeoutError):  # nothing within block_ms (nats-py raises either)

@@ -7,11 +7,20 @@ import asyncio
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import ChannelInvalidStateError
 
-from pipeline.bridges.base import Message, Source
+from pipeline.bridges.base import Message, Redelivered, Source
 from pipeline.config import BridgeSource
 
 LINGER_S = 0.05  # after the first message of a batch, how long to wait for the rest of it
+
+
+def _live(message: AbstractIncomingMessage) -> bool:
+    """False for a delivery on a channel that closed since: the broker took it back and delivers it again."""
+    try:
+        return not message.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
 
 
 def queue_arguments(spec: BridgeSource) -> dict:
@@ -36,6 +45,8 @@ class RabbitSource(Source):
         await self.queue.consume(self.inbox.put, no_ack=False)
 
     async def read(self) -> list[Message]:
+        if not self.connection.connected.is_set():  # the robust connection reconnects meanwhile
+            raise ConnectionError("not connected to RabbitMQ (reconnecting)")
         try:
             first = await asyncio.wait_for(self.inbox.get(), self.spec.block_ms / 1000)
         except asyncio.TimeoutError:
@@ -48,13 +59,16 @@ class RabbitSource(Source):
                 got.append(await asyncio.wait_for(self.inbox.get(), max(deadline - loop.time(), 0)))
             except asyncio.TimeoutError:
                 break
-        return [Message(m.body, m.message_id or str(m.delivery_tag), m) for m in got]
+        return [Message(m.body, m.message_id or str(m.delivery_tag), m) for m in got if _live(m)]
 
     async def ack(self, messages: list[Message]) -> None:
         # One ack for the batch: it holds the channel's oldest unacked deliveries (read in order, acked before the
         # next read), so `multiple` up to its last delivery tag acks exactly these.
         last = max(messages, key=lambda m: m.handle.delivery_tag)
-        await last.handle.ack(multiple=True)
+        try:
+            await last.handle.ack(multiple=True)
+        except ChannelInvalidStateError as exc:
+            raise Redelivered("their channel closed") from exc
 
     async def give_up(self, messages: list[Message]) -> bool:
         if self.spec.dead_letter_exchange is None:
@@ -64,8 +78,11 @@ class RabbitSource(Source):
         return True
 
     async def backlog(self) -> int | None:
-        declared = await self.channel.declare_queue(self.spec.queue, passive=True)
-        return declared.declaration_result.message_count
+        # On the channel underneath: the robust channel answers a passive declare of a queue it knows from its cache
+        # (the count when the queue was declared), not from the broker.
+        channel = await self.channel.get_underlay_channel()
+        declared = await channel.queue_declare(self.spec.queue, passive=True)
+        return declared.message_count
 
     async def close(self) -> None:
         await self.connection.close()
