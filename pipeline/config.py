@@ -51,6 +51,9 @@ class KafkaSettings(_Strict):
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     # Extra librdkafka settings for every confluent-kafka client (not for secrets: see security).
     client: KafkaConfig = Field(default_factory=dict)
+    # How long a stage's group waits for a silent worker (killed, frozen) before its partitions go to the others
+    # or to its restarted self. Faust's default is 60 s; the broker refuses less than 6 s.
+    session_timeout_s: float = Field(10.0, ge=6, le=1800)
 
     @model_validator(mode="after")
     def _no_secrets_in_file(self) -> KafkaSettings:

@@ -28,8 +28,7 @@ from tests.conftest import ROOT, lag, run_cli, start_stage, stop_all, stored_poi
 
 WORKER = ROOT / "tests" / "fault_worker.py"
 PASSAGE_LIMIT = 20_000  # docs.passages' max.message.bytes in these tests
-# A session timeout of 6 s (the broker's minimum) lets a restarted worker get its partitions back quickly.
-WORKER_ENV = ["BROKER_SESSION_TIMEOUT=6", "BROKER_HEARTBEAT_INTERVAL=1", "HF_HUB_OFFLINE=1"]
+WORKER_ENV = ["BROKER_HEARTBEAT_INTERVAL=1", "HF_HUB_OFFLINE=1"]
 
 LONG = " ".join(f"Sentence number {i} talks about sockets, threads and files in some detail." for i in range(60))
 DOCS = [{"doc_id": f"d{i}", "text": f"Document {i} is short. It has two sentences."} for i in range(6)]
@@ -84,6 +83,7 @@ def _topology(folder: Path, kafka: str, web_offset: int) -> tuple[Path, Topology
     passages = raw["stages"]["preprocess"]["output"]
     raw["topics"][passages].setdefault("config", {})["max.message.bytes"] = PASSAGE_LIMIT
     raw["stages"]["preprocess"]["web_port"] += web_offset
+    raw["kafka"]["session_timeout_s"] = 6  # the broker's minimum: a restarted worker gets its partitions back soon
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path, load_topology(path)
 

@@ -73,6 +73,7 @@ def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.Ap
         web_port=spec.web_port + 100 * replica,
         datadir=str(datadir),
         TableManager=NoTablesManager,
+        broker_session_timeout=topology.kafka.session_timeout_s,  # heartbeats come from the consumer's own thread
     )
     topic = app.topic(spec.input, key_serializer="raw", value_serializer="raw", internal=False)
     executor = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{stage_name}")
