@@ -79,9 +79,10 @@ class NatsPublisher:
         if self.client is None:
             self.client = await nats.connect(self.url, max_reconnect_attempts=-1, error_cb=_log_error)
             self.js = self.client.jetstream()
-        if self.jetstream:
-            for id_, body in bodies:
-                await self.js.publish(self.subject, body, headers={"Nats-Msg-Id": id_})
+        if self.jetstream:  # all in flight at once, each future resolved by its PubAck (an error raises)
+            acks = [await self.js.publish_async(self.subject, body, headers={"Nats-Msg-Id": id_})
+                    for id_, body in bodies]
+            await asyncio.gather(*acks)
         else:
             for _, body in bodies:
                 await self.client.publish(self.subject, body)

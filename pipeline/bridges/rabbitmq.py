@@ -9,12 +9,14 @@ from typing import Any
 
 import aio_pika
 from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from pipeline.bridges.base import Message, Source
 from pipeline.config import BridgeSource
 
 log = logging.getLogger("pipeline.bridge")
 
+PERSISTENT = 2  # AMQP delivery mode: written to disk
 LINGER_S = 0.05  # after the first message of a batch, how long to wait for the rest of it
 
 
@@ -117,16 +119,19 @@ class RabbitPublisher:
     async def _open(self) -> None:
         self.connection = await aio_pika.connect_robust(self.url)
         self.channel = await self.connection.channel(publisher_confirms=True)
-        self.exchange = (self.channel.default_exchange if not self.exchange_name
-                         else await self.channel.get_exchange(self.exchange_name))
+        if self.exchange_name:
+            await self.channel.get_exchange(self.exchange_name)  # it must exist: a clear error now if not
 
     async def publish(self, bodies: list[tuple[str, bytes]]) -> None:
         if self.connection is None:
             await self._open()
-        confirms = [self.exchange.publish(aio_pika.Message(body, message_id=id_,
-                                                           delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                          routing_key=self.routing_key) for id_, body in bodies]
-        await asyncio.gather(*confirms)  # each resolves on the broker's ack; a nack raises
+        # On aiormq's channel with wait=False: aio-pika's publish waits for each message's frames to be written
+        # (one socket write each, under the channel's lock); the broker's confirm is awaited all the same.
+        channel = await self.channel.get_underlay_channel()
+        confirms = [channel.basic_publish(body, exchange=self.exchange_name, routing_key=self.routing_key,
+                                          properties=Basic.Properties(message_id=id_, delivery_mode=PERSISTENT),
+                                          wait=False) for id_, body in bodies]
+        await asyncio.gather(*confirms)  # each resolves on the broker's ack; a nack raises DeliveryError
 
     async def close(self) -> None:
         if self.connection is not None:
