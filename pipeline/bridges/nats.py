@@ -28,8 +28,8 @@ async def _log_error(exc: Exception) -> None:
 
 class NatsSource(Source):
     """Pull requests on JetStream's wire API ($JS.API.CONSUMER.MSG.NEXT) answered into one subscription whose
-    callback collects the messages: nats-py's `fetch` awaits each message with a task and a timer of its own,
-    which cost this source four fifths of its time."""
+    callback collects the messages: nats-py's `fetch` awaits each message with a task and a timer of its own
+    (reading and acking alone: 4-7k messages/s with it, 26-32k/s this way, on the 2-core test machine)."""
 
     def __init__(self, name: str, spec: BridgeSource) -> None:
         super().__init__(name, spec)
