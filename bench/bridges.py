@@ -148,7 +148,7 @@ def main(bootstrap: str = typer.Option(..., help="A running Kafka broker (e.g. `
             raw["bridges"]["sources"][k] = {"kind": k, "url": urls[k], "batch": 500, "dead_letter": dead,
                                             "web_port": port_base + 40 + i, **fields}
             # Each sink reads the ingest topic `pipeline produce` filled, in its own group, from the start.
-            raw["bridges"]["sinks"][k] = {"kind": k, "url": urls[k], "topic": ingest, "group": f"{prefix}sink-{k}",
+            raw["bridges"]["sinks"][f"{k}-out"] = {"kind": k, "url": urls[k], "topic": ingest, "group": f"{prefix}sink-{k}",
                                           "dead_letter": dead, "web_port": port_base + 50 + i,
                                           **_sink_fields(k, where[k])}
         path, topology = sandbox.write(raw, work, ROOT / "schemas")
@@ -167,7 +167,7 @@ def main(bootstrap: str = typer.Option(..., help="A running Kafka broker (e.g. `
         for i, k in enumerate(KINDS):
             asyncio.run(_declare_sink_target(k, urls[k], where[k]))
             # Counted after the other broker confirmed a batch (the stage runtime's records in, once processed).
-            figures[f"sink {k}"] = _rate(path, ["bridge", "out", k], port_base + 50 + i, "pipeline_events_in_total",
+            figures[f"sink {k}"] = _rate(path, ["bridge", "out", f"{k}-out"], port_base + 50 + i, "pipeline_events_in_total",
                                          n, work / f"sink-{k}.log")
     finally:
         for server in servers.values():
