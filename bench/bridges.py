@@ -1,6 +1,7 @@
 """Bridge throughput (`python -m bench.bridges --bootstrap HOST:PORT`): messages/s of each source (`pipeline
-bridge in`) and each sink (`pipeline bridge out`), one process each, next to `pipeline produce`'s rate in the same
-run. Starts its own redis-server, rabbitmq-server and nats-server on loopback; needs a running Kafka broker."""
+bridge in`) and each sink (`pipeline bridge out`, reading the ingest topic `pipeline produce` filled), one process
+each, next to `pipeline produce`'s rate in the same run. Starts its own redis-server, rabbitmq-server and
+nats-server on loopback (ports --port-base .. +60); needs a running Kafka broker."""
 
 from __future__ import annotations
 
@@ -88,12 +89,46 @@ def _timed(proc: subprocess.Popen, count, n: int, timeout: float) -> float:
             t0, c0 = first
             return (done - c0) / max(time.monotonic() - t0, 1e-3)
         time.sleep(0.1)
-    raise RuntimeError(f"{proc.args[-1]}: not done within {timeout:.0f} s ({count()} of {n})")
+    raise RuntimeError(f"{' '.join(proc.args[-5:])}: not done within {timeout:.0f} s ({count()} of {n})")
+
+
+def _sink_fields(kind: str, where: str) -> dict:
+    return {"redis": {"stream": f"{where}.out", "maxlen": 10_000_000},
+            "rabbitmq": {"exchange": "", "routing_key": f"{where}.out"},
+            "nats": {"subject": f"{where}.out", "jetstream": True}}[kind]
+
+
+async def _declare_sink_target(kind: str, url: str, where: str) -> None:
+    """What a sink publishes into must exist first: RabbitMQ's queue, NATS' stream (Redis makes its stream)."""
+    if kind == "rabbitmq":
+        import aio_pika
+
+        connection = await aio_pika.connect(url)
+        await (await connection.channel()).declare_queue(f"{where}.out", durable=True)
+        await connection.close()
+    elif kind == "nats":
+        import nats
+
+        client = await nats.connect(url)
+        await client.jetstream().add_stream(name=f"{where}.out".upper().replace(".", "-"), subjects=[f"{where}.out"])
+        await client.close()
+
+
+def _rate(config: Path, command: list[str], port: int, series: str, n: int, log: Path) -> float:
+    """Run `pipeline -c CONFIG COMMAND` until its /metrics series reaches n; its messages/s."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-c", str(config), *command, "--loglevel",
+                                 "warn"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        return _timed(proc, lambda: _metric(port, series), n, 600)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def main(bootstrap: str = typer.Option(..., help="A running Kafka broker (e.g. `pipeline dev up`)."),
-         n: int = typer.Option(20_000, help="Messages per source."),
-         port_base: int = typer.Option(17400, help="Ports for the servers this starts (base .. base+30)."),
+         n: int = typer.Option(20_000, help="Messages per source and per sink."),
+         port_base: int = typer.Option(17400, help="Ports for the servers this starts (base .. base+60)."),
          out: Path = typer.Option(None, help="Also write the figures as JSON here.")) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-bridges-"))
     prefix = f"bb{uuid.uuid4().hex[:6]}."
@@ -112,6 +147,10 @@ def main(bootstrap: str = typer.Option(..., help="A running Kafka broker (e.g. `
                       "nats": {"stream": where[k].upper().replace(".", "-"), "subject": where[k]}}[k]
             raw["bridges"]["sources"][k] = {"kind": k, "url": urls[k], "batch": 500, "dead_letter": dead,
                                             "web_port": port_base + 40 + i, **fields}
+            # Each sink reads the ingest topic `pipeline produce` filled, in its own group, from the start.
+            raw["bridges"]["sinks"][f"{k}-out"] = {"kind": k, "url": urls[k], "topic": ingest, "group": f"{prefix}sink-{k}",
+                                          "dead_letter": dead, "web_port": port_base + 50 + i,
+                                          **_sink_fields(k, where[k])}
         path, topology = sandbox.write(raw, work, ROOT / "schemas")
         subprocess.run([sys.executable, "-m", "pipeline", "-c", str(path), "topics", "apply"], check=True,
                        capture_output=True)
@@ -123,15 +162,13 @@ def main(bootstrap: str = typer.Option(..., help="A running Kafka broker (e.g. `
         figures["pipeline produce"] = report.sent / (time.perf_counter() - started)
         for i, k in enumerate(KINDS):
             asyncio.run(_publish(k, urls[k], where[k], docs))
-            log = open(work / f"bridge-{k}.log", "ab")
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-c", str(path), "bridge", "in", k,
-                                     "--loglevel", "warning"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                figures[f"source {k}"] = _timed(
-                    proc, lambda: _metric(port_base + 40 + i, "pipeline_bridge_messages_out_total"), n, 600)
-            finally:
-                proc.terminate()
-                proc.wait(30)
+            figures[f"source {k}"] = _rate(path, ["bridge", "in", k], port_base + 40 + i,
+                                           "pipeline_bridge_messages_out_total", n, work / f"source-{k}.log")
+        for i, k in enumerate(KINDS):
+            asyncio.run(_declare_sink_target(k, urls[k], where[k]))
+            # Counted after the other broker confirmed a batch (the stage runtime's records in, once processed).
+            figures[f"sink {k}"] = _rate(path, ["bridge", "out", f"{k}-out"], port_base + 50 + i, "pipeline_events_in_total",
+                                         n, work / f"sink-{k}.log")
     finally:
         for server in servers.values():
             server.down()

@@ -157,6 +157,10 @@ def validation_message(exc: ValidationError) -> str:
 
 def check_record(record: dict[str, Any], schema: SchemaVersion) -> None:
     """Raise InvalidRecord naming the offending field when `record` does not fit `schema`."""
+    # fastavro builds (and JSON-formats) an error for every union branch a value does not take when raising is
+    # on, valid records included: check without it first, and ask for the reasons only for an invalid record.
+    if validate(record, schema.parsed, raise_errors=False):
+        return
     try:
         validate(record, schema.parsed, raise_errors=True)
     except ValidationError as exc:

@@ -155,6 +155,8 @@ class SourceBridge:
         self.m = BridgeMetrics(name, self.spec.kind)
         self.ready = False
         self.stopping = asyncio.Event()
+        self.held: list[list[Message]] = []  # batches read and not yet acked (or given up), oldest first
+        self._failing = 0
 
     def _send(self, message: Message) -> bool:
         """Hand the message to the producer: to the target topic (True) or the dead-letter topic (False)."""
@@ -194,7 +196,7 @@ class SourceBridge:
                 if time.monotonic() - started > STUCK_AFTER_S:
                     raise PipelineError(f"Kafka has not acknowledged {barrier.unacked} record(s) in "
                                         f"{STUCK_AFTER_S:.0f}s; nothing of this batch was acked at the source")
-                await self.source.in_progress(batch)
+                await self._in_progress(batch)
             self.m.stuck.set(0)
             if not failures:
                 self.m.messages_out.inc(produced)
@@ -202,7 +204,7 @@ class SourceBridge:
             self.m.retries.inc()
             log.warning("%s: %d record(s) not acknowledged (%s), sending them again (attempt %d)", self.name,
                         len(failures), failures[0], attempt)
-            await self.source.in_progress(batch)
+            await self._in_progress(batch)
             for failure in failures:
                 self._send(failure.tag)
         raise PipelineError(f"Kafka refused records {SEND_ATTEMPTS} times ({failures[0]}); nothing of this batch "
@@ -252,39 +254,64 @@ class SourceBridge:
             loop.add_signal_handler(sig, self.stopping.set)
         log.info("bridge %s: %s -> %s (dead letters: %s)", self.name, self.source.where, self.converter.topic,
                  self.dead_letter)
-        failing = 0
+        # The next batch is read while this one is in delivery (Kafka's round trip hides the source's), but
+        # produced only after this one is acked: a batch's flush never waits on the next batch's records.
+        ahead: asyncio.Task | None = None
         try:
             while not self.stopping.is_set():
-                try:
-                    batch = await self.source.read()
-                    failing, self.ready = 0, True
-                    self.m.stuck.set(0)
-                except Exception as exc:  # the source server is away: its client reconnects; wait and read again
-                    failing += 1
-                    self.ready = False
-                    self.m.retries.inc()
-                    self.m.stuck.set(1)
-                    log.warning("%s: reading from %s failed (%s: %s); retrying", self.name, self.source.where,
-                                type(exc).__name__, exc)
-                    await asyncio.sleep(min(0.5 * failing, 5))
-                    continue
-                if not batch:
-                    continue
-                self.m.messages_in.inc(len(batch))
-                try:
-                    await self.deliver(batch)
-                except PipelineError as exc:
-                    if not await self.source.give_up(batch):
-                        raise
-                    self.m.given_up.inc(len(batch))
-                    log.error("%s: %s; %d message(s) handed to the source's dead-letter route", self.name, exc,
-                              len(batch))
-                    continue
-                await self._ack(batch)
-                self.m.batches.inc()
+                batch = await (ahead or self._read())
+                ahead = asyncio.create_task(self._read()) if batch and not self.stopping.is_set() else None
+                if batch:
+                    await self._handle(batch)
+            if ahead is not None:  # stopping: the batch read ahead is in hand too, finish it
+                batch = await ahead
+                ahead = None
+                if batch:
+                    await self._handle(batch)
         finally:
+            if ahead is not None:  # unacked: the source delivers it again
+                ahead.cancel()
             watcher.cancel()
             await self.source.close()
+
+    async def _read(self) -> list[Message]:
+        """A batch from the source; none when reading failed (the source server is away: its client reconnects)."""
+        try:
+            batch = await self.source.read()
+        except Exception as exc:
+            self._failing += 1
+            self.ready = False
+            self.m.retries.inc()
+            self.m.stuck.set(1)
+            log.warning("%s: reading from %s failed (%s: %s); retrying", self.name, self.source.where,
+                        type(exc).__name__, exc)
+            await asyncio.sleep(min(0.5 * self._failing, 5))
+            return []
+        if self._failing or not self.ready:
+            self._failing, self.ready = 0, True
+            self.m.stuck.set(0)
+        if batch:
+            self.held.append(batch)
+        return batch
+
+    async def _handle(self, batch: list[Message]) -> None:
+        """Deliver the batch and ack it at the source, or hand it to the source's dead-letter route."""
+        self.m.messages_in.inc(len(batch))
+        try:
+            await self.deliver(batch)
+        except PipelineError as exc:
+            if not await self.source.give_up(batch):
+                raise
+            self.m.given_up.inc(len(batch))
+            log.error("%s: %s; %d message(s) handed to the source's dead-letter route", self.name, exc, len(batch))
+        else:
+            await self._ack(batch)
+            self.m.batches.inc()
+        self.held = [b for b in self.held if b is not batch]
+
+    async def _in_progress(self, batch: list[Message]) -> None:
+        """A flush takes long: tell the source about the batch, and about the one read ahead too."""
+        await self.source.in_progress(batch + [m for other in self.held if other is not batch for m in other])
 
     async def _ack(self, batch: list[Message]) -> None:
         # Kafka holds the batch: an ack lost now only means the source delivers it again (a duplicate).

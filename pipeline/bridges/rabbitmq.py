@@ -1,26 +1,24 @@
-"""RabbitMQ: a durable queue read with prefetch = batch and acked by hand after the Kafka flush (priorities
-honoured through x-max-priority); an exchange with publisher confirms for a sink."""
+"""RabbitMQ: a durable queue read with prefetch = two batches and acked by hand after the Kafka flush
+(priorities honoured through x-max-priority); an exchange with publisher confirms for a sink."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
+from pamqp.commands import Basic
 
 from pipeline.bridges.base import Message, Redelivered, Source
 from pipeline.config import BridgeSource
 
+log = logging.getLogger("pipeline.bridge")
+
+PERSISTENT = 2  # AMQP delivery mode: written to disk
 LINGER_S = 0.05  # after the first message of a batch, how long to wait for the rest of it
-
-
-def _live(message: AbstractIncomingMessage) -> bool:
-    """False for a delivery on a channel that closed since: the broker took it back and delivers it again."""
-    try:
-        return not message.channel.is_closed
-    except ChannelInvalidStateError:
-        return False
 
 
 def queue_arguments(spec: BridgeSource) -> dict:
@@ -33,48 +31,84 @@ def queue_arguments(spec: BridgeSource) -> dict:
 class RabbitSource(Source):
     def __init__(self, name: str, spec: BridgeSource) -> None:
         super().__init__(name, spec)
-        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
 
     async def open(self) -> None:
         self.connection = await aio_pika.connect_robust(self.spec.connect_url())
         self.channel = await self.connection.channel()
-        # The broker hands out at most a batch of unacked messages; with a backlog, highest priority first.
-        await self.channel.set_qos(prefetch_count=self.spec.batch)
+        # The broker hands out at most two batches of unacked messages (the one in delivery and the one read
+        # ahead, see SourceBridge.run); with a backlog, highest priority first.
+        await self.channel.set_qos(prefetch_count=2 * self.spec.batch)
         self.queue = await self.channel.declare_queue(self.spec.queue, durable=True,
                                                       arguments=queue_arguments(self.spec))
-        await self.queue.consume(self.inbox.put, no_ack=False)
+        self.channel.reopen_callbacks.add(self._consume)  # after a reconnection: qos and queue restored
+        await self._consume()
+
+    async def _consume(self, *_: Any) -> None:
+        """Consume on aio-pika's underlying aiormq channel: aio-pika's own consumer builds an IncomingMessage and
+        two tasks per message (a fifth of this source's time); hence the reconnection hook above."""
+        channel = await self.channel.get_underlay_channel()
+        channel.on_consumer_cancel_callbacks.add(self._cancelled)
+        await channel.basic_consume(self.queue.name, self._delivered, no_ack=False)
+
+    async def _delivered(self, message: DeliveredMessage) -> None:
+        self.inbox.put_nowait(message)
+
+    async def _cancelled(self, frame: Any) -> None:
+        # The broker cancelled the consumer (the queue was deleted): consume again; on a missing queue that
+        # closes the channel, and the reconnection declares the queue and comes back here.
+        log.warning("%s: RabbitMQ cancelled the consumer of queue %s; consuming again", self.name, self.spec.queue)
+        try:
+            await self._consume()
+        except Exception as exc:
+            log.warning("%s: consuming %s again failed (%s); the reconnection retries", self.name,
+                        self.spec.queue, exc)
 
     async def read(self) -> list[Message]:
         if not self.connection.connected.is_set():  # the robust connection reconnects meanwhile
             raise ConnectionError("not connected to RabbitMQ (reconnecting)")
-        try:
-            first = await asyncio.wait_for(self.inbox.get(), self.spec.block_ms / 1000)
-        except asyncio.TimeoutError:
-            return []
-        got = [first]
+        got: list[DeliveredMessage] = []
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + LINGER_S
+        deadline = loop.time() + self.spec.block_ms / 1000  # for the first message; then LINGER_S for the rest
         while len(got) < self.spec.batch:
-            try:
-                got.append(await asyncio.wait_for(self.inbox.get(), max(deadline - loop.time(), 0)))
-            except asyncio.TimeoutError:
-                break
-        return [Message(m.body, m.message_id or str(m.delivery_tag), m) for m in got if _live(m)]
+            if self.inbox.empty():
+                try:
+                    message = await asyncio.wait_for(self.inbox.get(), max(deadline - loop.time(), 0))
+                except asyncio.TimeoutError:
+                    break
+            else:  # what has arrived, without a timer per message
+                message = self.inbox.get_nowait()
+            if message.channel.is_closed:  # a reconnection: the broker requeued it, it comes again
+                continue
+            if not got:
+                deadline = loop.time() + LINGER_S
+            got.append(message)
+        return [Message(m.body, m.header.properties.message_id or str(m.delivery.delivery_tag), m) for m in got]
 
     async def ack(self, messages: list[Message]) -> None:
-        # One ack for the batch: it holds the channel's oldest unacked deliveries (read in order, acked before the
-        # next read), so `multiple` up to its last delivery tag acks exactly these.
-        last = max(messages, key=lambda m: m.handle.delivery_tag)
-        try:
-            await last.handle.ack(multiple=True)
-        except ChannelInvalidStateError as exc:
-            raise Redelivered("their channel closed") from exc
+        # One ack per channel for the batch: it holds the channel's oldest unacked deliveries (batches are read in
+        # delivery order and acked in the order read), so `multiple` up to its last delivery tag acks exactly
+        # these. A channel closed since (a reconnection) has had its deliveries requeued: nothing to ack there.
+        last: dict[int, DeliveredMessage] = {}
+        for message in messages:
+            last[id(message.handle.channel)] = message.handle
+        requeued = 0
+        for handle in last.values():
+            try:
+                if handle.channel.is_closed:
+                    raise ChannelInvalidStateError("closed")
+                await handle.channel.basic_ack(handle.delivery.delivery_tag, multiple=True)
+            except ChannelInvalidStateError:
+                requeued += 1
+        if requeued:
+            raise Redelivered(f"{requeued} of their channels closed")
 
     async def give_up(self, messages: list[Message]) -> bool:
         if self.spec.dead_letter_exchange is None:
             return False
         for message in messages:  # the broker routes each to the queue's dead-letter exchange
-            await message.handle.nack(requeue=False)
+            handle = message.handle
+            await handle.channel.basic_nack(handle.delivery.delivery_tag, multiple=False, requeue=False)
         return True
 
     async def backlog(self) -> int | None:
@@ -98,16 +132,19 @@ class RabbitPublisher:
     async def _open(self) -> None:
         self.connection = await aio_pika.connect_robust(self.url)
         self.channel = await self.connection.channel(publisher_confirms=True)
-        self.exchange = (self.channel.default_exchange if not self.exchange_name
-                         else await self.channel.get_exchange(self.exchange_name))
+        if self.exchange_name:
+            await self.channel.get_exchange(self.exchange_name)  # it must exist: a clear error now if not
 
     async def publish(self, bodies: list[tuple[str, bytes]]) -> None:
         if self.connection is None:
             await self._open()
-        confirms = [self.exchange.publish(aio_pika.Message(body, message_id=id_,
-                                                           delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                          routing_key=self.routing_key) for id_, body in bodies]
-        await asyncio.gather(*confirms)  # each resolves on the broker's ack; a nack raises
+        # On aiormq's channel with wait=False: aio-pika's publish waits for each message's frames to be written
+        # (one socket write each, under the channel's lock); the broker's confirm is awaited all the same.
+        channel = await self.channel.get_underlay_channel()
+        confirms = [channel.basic_publish(body, exchange=self.exchange_name, routing_key=self.routing_key,
+                                          properties=Basic.Properties(message_id=id_, delivery_mode=PERSISTENT),
+                                          wait=False) for id_, body in bodies]
+        await asyncio.gather(*confirms)  # each resolves on the broker's ack; a nack raises DeliveryError
 
     async def close(self) -> None:
         if self.connection is not None:

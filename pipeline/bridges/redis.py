@@ -27,7 +27,9 @@ class RedisSource(Source):
         self.stream = spec.stream
         self.group = spec.group_name(name)
         self.consumer = spec.consumer_name(name)
-        self._own_pending = True  # after a restart, first the entries this consumer read and never acked
+        # After a restart, first the entries this consumer read and never acked, after this id (a cursor: the
+        # batch read ahead must not be these again).
+        self._own_pending: bytes | str | None = "0"
         self._next_claim = 0.0
 
     async def open(self) -> None:
@@ -50,12 +52,14 @@ class RedisSource(Source):
             if claimed:
                 return self._messages(claimed)
             self._next_claim = time.monotonic() + min(self.spec.claim_idle_ms / 2000, 5)
-        if self._own_pending:
-            found = await self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+        if self._own_pending is not None:
+            found = await self.client.xreadgroup(self.group, self.consumer, {self.stream: self._own_pending},
+                                                 count=count)
             entries = found[0][1] if found else []
             if entries:
+                self._own_pending = entries[-1][0]
                 return self._messages(entries)
-            self._own_pending = False
+            self._own_pending = None
         found = await self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count,
                                              block=self.spec.block_ms)
         return self._messages(found[0][1]) if found else []
