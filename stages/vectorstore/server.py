@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from stages.vectorstore.base import BUILTIN_INDEXES, Hit, IndexType, Point, VectorStore, by_count
+from stages.vectorstore.base import BUILTIN_INDEXES, Hit, IndexType, Point, VectorStore, by_count, filtered_ef
 
 
 def _filter(where: dict[str, Any] | None) -> Any:
@@ -86,7 +86,7 @@ class ServerStore(VectorStore):
         if exact:
             params = models.SearchParams(exact=True)
         elif where:  # ACORN keeps recall behind a selective filter: see stages/vectorstore/edge.py
-            params = models.SearchParams(acorn=models.AcornSearchParams(enable=True))
+            params = models.SearchParams(hnsw_ef=filtered_ef(k), acorn=models.AcornSearchParams(enable=True))
         found = self.client.query_points(name, query=vector, query_filter=_filter(where), limit=k, with_payload=True,
                                          search_params=params)
         return [Hit(str(p.id), p.score, p.payload or {}) for p in found.points]
