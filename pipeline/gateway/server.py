@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -218,10 +217,6 @@ class Gateway:
 
 def run_gateway(topology: Topology, servers: str | None = None, web_port: int | None = None) -> None:
     """Load the models, then serve until SIGTERM or Ctrl-C."""
-    # OpenMP's worker threads otherwise spin for a while after each forward pass, taking the cores that the
-    # event loop needs to send the reply and take the next request: ~9 ms of a lone request's round trip on
-    # 2 cores (bench/RESULTS.md). Read once, when torch loads, so it is set before the models are.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     gateway = Gateway(topology, servers, web_port)
     gateway.setup()
     asyncio.run(gateway.run())
