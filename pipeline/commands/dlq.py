@@ -8,7 +8,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.bridges import dlq as bridge_dlq
 from pipeline.kafka import dlq
 from pipeline.commands.context import console, settings
 from pipeline.config import Topology
@@ -29,6 +28,8 @@ def _letters(ctx: typer.Context, stage: str | None, bridge: str | None,
         raise PipelineError("give a STAGE, or --bridge NAME for a bridge's dead letters (one of them)")
     topology = settings(ctx).topology()
     if bridge is not None:
+        from pipeline.bridges import dlq as bridge_dlq  # here: the bridge code loads only for --bridge
+
         topic = bridge_dlq.bridge_dead_letter_topic(topology, bridge)
         letters = bridge_dlq.bridge_dead_letters(topology, bridge)
     else:
@@ -71,6 +72,8 @@ def show(
 
 def _redrive_source(topology: Topology, bridge: str, topic: str, letters: list[dlq.DeadLetter],
                     dry_run: bool) -> None:
+    from pipeline.bridges import dlq as bridge_dlq
+
     result = bridge_dlq.redrive_source(topology, bridge, letters, dry_run)
     verb = "would go" if dry_run else "went"
     console.print(f"{result.sent} of {len(letters)} dead letter(s) pass bridge {bridge}'s conversion now and {verb} "
