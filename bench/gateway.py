@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.context import Context
 from bench.rows import Row, part
 from pipeline.dev import sandbox  # noqa: E402
+from pipeline.runtime.metrics import read_metrics
 from pipeline.runtime.supervisor import spawn, terminate, worker_command
 from pipeline.dev.servers import NATS, LocalServer  # noqa: E402
 
@@ -82,13 +83,6 @@ async def _concurrent(url: str, subject: str, texts: list[str], clients: int,
         await nc.close()
 
 
-def _gateway_metrics(port: int) -> dict[str, float]:
-    from pipeline.runtime.metrics import scrape
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return scrape(response.read().decode())
-
-
 def _http_concurrent(port: int, texts: list[str], clients: int) -> tuple[float, list[float]]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -143,9 +137,9 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
         _wait_ready(f"http://127.0.0.1:{web_port}/ready", procs[0], log)
         subject = f"{gateway.prefix}.embed"
         asyncio.run(_concurrent(url, subject, measured, 1, 30))  # warm the connection and the model, as above
-        before = _gateway_metrics(web_port)
+        before = read_metrics(f"http://127.0.0.1:{web_port}/metrics")
         sequential = asyncio.run(_concurrent(url, subject, measured, 1, 30))[1]
-        after = _gateway_metrics(web_port)
+        after = read_metrics(f"http://127.0.0.1:{web_port}/metrics")
         overhead = [rtt - single for rtt, single in zip(sequential, singles)]
         model_ms = 1000 * ((after["pipeline_gateway_model_seconds_sum"] - before["pipeline_gateway_model_seconds_sum"])
                            / (after["pipeline_gateway_model_seconds_count"]

@@ -3,13 +3,12 @@ from its own /metrics page (never from the other broker, which could hang), and 
 
 from __future__ import annotations
 
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
 from pipeline.config import Topology
 from pipeline.kafka.offsets import group_lag, group_state, topic_end_offsets
-from pipeline.runtime.metrics import scrape
+from pipeline.runtime.metrics import read_metrics
 
 METRICS_TIMEOUT_S = 1.0  # a source bridge that does not answer its /metrics by then is shown as down
 
@@ -38,8 +37,7 @@ def _dead_letter_users(topology: Topology) -> Counter[str]:
 def source_metrics(host: str, port: int, timeout: float = METRICS_TIMEOUT_S) -> dict[str, float] | None:
     """A source bridge's series from its /metrics page, or None when it does not answer within `timeout`."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
-            return scrape(response.read().decode())
+        return read_metrics(f"http://{host}:{port}/metrics", timeout)
     except (OSError, ValueError):  # refused, timed out, or not a metrics page
         return None
 

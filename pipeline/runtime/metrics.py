@@ -64,6 +64,14 @@ def scrape(text: str) -> dict[str, float]:
     return values
 
 
+def read_metrics(url: str, timeout: float = 5.0) -> dict[str, float]:
+    """The series a /metrics page serves, as `scrape` gives them; OSError when it does not answer in time."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return scrape(response.read().decode())
+
+
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     """The q-quantile of a histogram's cumulative (upper bound, count) buckets, interpolated inside the
     bucket as Prometheus' histogram_quantile does."""
