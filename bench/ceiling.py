@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from stages.embed import token_batches
+from stages.embed import pass_cost, token_batches
 from stages.model import encode, load_model, load_tokenizer
 
 # Padded tokens per forward pass and passages per pass to try. The sweep is coordinate-wise: every budget at
@@ -44,7 +44,7 @@ def measure(texts: list[str], model: str, device: str, max_tokens: int, max_batc
     """Passages/s and padded-token fill of one setting: the best of `repeats` timed runs after the warm-up."""
     st = load_model(model, device)
     lengths = stage_lengths(texts, model, st.max_seq_length)
-    batches = token_batches(lengths, max_tokens, max_batch)
+    batches = token_batches(lengths, max_tokens, max_batch, pass_cost(device.startswith("cuda"), max_tokens))
     _warm_up(st, max_tokens, max_batch)
     best = float("inf")
     for _ in range(repeats):
@@ -76,7 +76,8 @@ def sweep(texts: list[str], model: str, device: str, budgets: list[int], caps: l
 
     def run(max_tokens: int, max_batch: int) -> None:
         name = f"{max_tokens}/{max_batch}"
-        cut = tuple(tuple(g) for g in token_batches(lengths, max_tokens, max_batch))
+        cut = tuple(tuple(g) for g in token_batches(lengths, max_tokens, max_batch,
+                                                   pass_cost(device.startswith("cuda"), max_tokens)))
         if name in tried:
             return
         if cut in seen:  # the same forward passes: the same figure

@@ -83,6 +83,42 @@ async def _concurrent(url: str, subject: str, texts: list[str], clients: int,
         await nc.close()
 
 
+async def _paired(url: str, subject: str, texts: list[str], model: Any, block: int = 20
+                  ) -> tuple[list[float], list[float]]:
+    """(in-process encode, round trip) of each text, in alternating blocks: `block` round trips one after the
+    other, then the same texts encoded in this process, so that both see the same CPU speed (this VM's drifts by
+    tens of percent over minutes). Only the first of a block can meet the other process's OpenMP threads still
+    spinning; a pause after each text instead would measure the idle cores' wake-ups (about 0.6 ms a round
+    trip here, for NATS alone)."""
+    from pipeline.gateway.client import connect, request
+
+    nc = await connect(url)
+    singles: list[float] = []
+    trips: list[float] = []
+    try:
+        for i in range(0, len(texts), block):
+            for text in texts[i:i + block]:
+                started = time.perf_counter()
+                reply = await request(nc, url, subject, {"text": text}, 30)
+                trips.append(time.perf_counter() - started)
+                assert reply.error is None, reply.data
+            singles += _in_process(model, texts[i:i + block])
+        return singles, trips
+    finally:
+        await nc.close()
+
+
+def _in_process(model: Any, texts: list[str]) -> list[float]:
+    from stages.model import encode
+
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        encode(model, [text], batch_size=1)
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def _http_concurrent(port: int, texts: list[str], clients: int) -> tuple[float, list[float]]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -104,7 +140,7 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
                     nats_port: int = 24222, web_port: int = 26910, workdir: Path | None = None) -> dict[str, Any]:
     """Start a nats-server and a `pipeline serve` process, measure, stop them; the figures as a dict. With
     `bootstrap` (a Kafka broker), also run the embed stage and send the same load to its HTTP /embed route."""
-    from stages.model import encode, load_model
+    from stages.model import load_model
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="bench-gateway-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,15 +154,7 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
     texts = queries(requests)
     model = load_model(topology.stage("embed").options.get("model", "all-MiniLM-L6-v2"), device)
     measured = texts[:200]
-    for text in measured:  # warm: on CPU the first pass of each shape pays for kernel selection (~3x)
-        encode(model, [text], batch_size=1)
-    # Measured before the gateway runs: OpenMP threads left spinning by one process's forward pass would slow
-    # the other's, if the two were interleaved on few cores.
-    singles = []
-    for text in measured:
-        started = time.perf_counter()
-        encode(model, [text], batch_size=1)
-        singles.append(time.perf_counter() - started)
+    _in_process(model, measured)  # warm: on CPU the first pass of each shape pays for kernel selection (~3x)
     nats_server = LocalServer(NATS, workdir / "nats", nats_port)
     url = nats_server.up()["url"]
     log = workdir / "gateway.log"
@@ -138,14 +166,16 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
         subject = f"{gateway.prefix}.embed"
         asyncio.run(_concurrent(url, subject, measured, 1, 30))  # warm the connection and the model, as above
         before = read_metrics(f"http://127.0.0.1:{web_port}/metrics")
-        sequential = asyncio.run(_concurrent(url, subject, measured, 1, 30))[1]
+        singles, sequential = asyncio.run(_paired(url, subject, measured, model))
         after = read_metrics(f"http://127.0.0.1:{web_port}/metrics")
         overhead = [rtt - single for rtt, single in zip(sequential, singles)]
         model_ms = 1000 * ((after["pipeline_gateway_model_seconds_sum"] - before["pipeline_gateway_model_seconds_sum"])
                            / (after["pipeline_gateway_model_seconds_count"]
                               - before["pipeline_gateway_model_seconds_count"]))
         elapsed, loaded = asyncio.run(_concurrent(url, subject, texts, clients))
-        one_at_a_time_rate = len(singles) / sum(singles)
+        # One at a time in process, just before and just after the load, against the CPU's drift.
+        alone = singles + _in_process(model, measured)
+        one_at_a_time_rate = len(alone) / sum(alone)
         figures: dict[str, Any] = {
             "device": device, "max_batch": gateway.max_batch, "max_wait_ms": gateway.max_wait_ms,
             "encode_in_process_1": _quantiles(singles),

@@ -95,11 +95,12 @@ def test_ceiling_sweep_is_coordinate_wise_and_measures_each_cut_once(monkeypatch
     monkeypatch.setattr(ceiling, "stage_lengths", lambda texts, model, max_len: lengths)
     monkeypatch.setattr(ceiling, "measure", fake_measure)
     found = ceiling.sweep(["t"] * 8, "m", "cpu", budgets=[100, 200, 400, 800, 1600], caps=[2, 4, 8])
-    assert token_batches(lengths, 1600, 8) == token_batches(lengths, 800, 8)  # all 8 in one pass either way
-    assert token_batches(lengths, 200, 4) == token_batches(lengths, 200, 8)  # the budget binds before the cap
+    # On a CPU a pass costs 80 padded tokens: from a budget of 400 up, two passes of four pad less than one of 8.
+    assert token_batches(lengths, 1600, 8, 80) == token_batches(lengths, 400, 8, 80) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert token_batches(lengths, 200, 4, 80) == token_batches(lengths, 200, 8, 80)  # the budget binds first
     assert measured == [(100, 8),  # the process's warm-up, not kept
-                        (100, 8), (200, 8), (400, 8), (800, 8), (200, 2)]
-    assert found["settings"]["1600/8"]["same_as"] == "800/8" and found["settings"]["200/4"]["same_as"] == "200/8"
+                        (100, 8), (200, 8), (400, 8), (200, 2)]
+    assert found["settings"]["1600/8"]["same_as"] == "400/8" and found["settings"]["200/4"]["same_as"] == "200/8"
     # The best figure; among settings that cut the same passes, the smallest is reported.
     assert (found["best"]["max_tokens"], found["best"]["max_batch"]) == (200, 4) and found["passages_per_s"] == 9.0
 

@@ -342,3 +342,33 @@ def test_ask_names_the_subject_and_server_it_tried(nats_url: str):
         return ""
 
     assert f"no reply on {prefix}.embed from {nats_url} within 0.5 s" in asyncio.run(silent_gateway())
+
+
+def test_models_are_set_up_on_the_thread_that_runs_them(tmp_path: Path):
+    """torch's OpenMP team belongs to the calling thread: warming the model on another thread than the one that
+    serves left the served passes slower (measured ~1.2x), so setup runs on the gateway's model thread."""
+    import threading
+
+    from pipeline.gateway.server import Gateway
+
+    path, topology = write_topology(tmp_path, "127.0.0.1:1", partitions=1)
+    gateway = Gateway(topology, record=False)
+    threads: dict[str, str] = {}
+
+    class Stage:
+        def setup(self) -> None:
+            threads["setup"] = threading.current_thread().name
+
+        def token_limits(self) -> tuple[int, int]:
+            return 256, 2048
+
+        def serve(self, texts: list[str], tokens: list[int]) -> list[dict]:
+            threads["serve"] = threading.current_thread().name
+            return [{} for _ in texts]
+
+    gateway.stages = {"embed": Stage()}
+    gateway.setup()
+    assert gateway.limits == {"embed": (256, 2048)} and gateway.loaded
+    asyncio.run(gateway._in_model_thread(gateway.stages["embed"].serve, ["t"], [3]))
+    assert threads["setup"] == threads["serve"] and threads["setup"].startswith("gateway-model")
+    gateway.model_thread.shutdown()

@@ -102,6 +102,38 @@ def test_token_batches_cover_everything_within_budget() -> None:
         assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
 
 
+
+def test_token_batches_cut_where_passes_cost_least() -> None:
+    # Short and long texts in one batch: with a CPU's small cost per pass, two passes pad far less than one.
+    lengths = [100, 10] * 16
+    short, long = [i for i in range(32) if lengths[i] == 10], [i for i in range(32) if lengths[i] == 100]
+    assert token_batches(lengths, budget=4096, max_size=64, cost=80) == [short, long]
+    assert token_batches(lengths, budget=4096, max_size=64) == [short + long]  # a pass worth the budget: fewest
+    assert token_batches([], budget=4096, max_size=64) == []
+    assert token_batches([300], budget=256, max_size=64) == [[0]]  # longer than the budget: a pass of its own
+
+
+def test_token_batches_match_the_cheapest_cut_found_by_search() -> None:
+    """Every way to cut the length-sorted texts into passes, tried: none costs less than the one chosen."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        lengths = [int(n) for n in rng.integers(5, 120, size=int(rng.integers(1, 10)))]
+        budget, max_size, cost = int(rng.integers(120, 600)), int(rng.integers(1, 6)), int(rng.integers(0, 200))
+        ordered = sorted(lengths)
+
+        def total(groups: list[list[int]]) -> float:
+            if any(len(g) > max_size or (len(g) > 1 and len(g) * max(g) > budget) for g in groups):
+                return float("inf")
+            return sum(cost + len(g) * max(g) for g in groups)
+
+        cheapest = min(total([ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)))])
+                       for k in range(len(ordered)) for cuts in combinations(range(1, len(ordered)), k))
+        chosen = token_batches(lengths, budget, max_size, cost)
+        assert sorted(i for b in chosen for i in b) == list(range(len(lengths)))
+        assert total([[lengths[i] for i in b] for b in chosen]) == cheapest
+
 def test_embed_stage_real_model(topology) -> None:
     stage = load_stage(topology, "embed")
     stage.setup()
