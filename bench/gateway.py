@@ -190,12 +190,31 @@ def gateway_figures(requests: int = 640, clients: int = 32, device: str = "cpu",
             "batching_gain": round(len(texts) / elapsed / one_at_a_time_rate, 2),
             f"round_trip_{clients}_clients": _quantiles(loaded),
         }
+        figures["bare_responder"] = _bare_responder(url, measured, model, workdir, procs)
         if bootstrap:
             figures["http_embed_route"] = _http_route(path, topology, texts, clients, workdir, procs)
         return figures
     finally:
         terminate(procs, 30)
         nats_server.down()
+
+
+def _bare_responder(url: str, texts: list[str], model: Any, workdir: Path,
+                    procs: list[subprocess.Popen]) -> dict[str, Any]:
+    """The same paired measurement against bench.nats_responder: what NATS, the other process and its model
+    thread cost on this machine with no gateway code, the floor under the gateway's overhead."""
+    subject = "bench.responder"
+    log = workdir / "responder.log"
+    procs.append(spawn([sys.executable, "-m", "bench.nats_responder", url, subject], log))
+    deadline = time.monotonic() + 120
+    while "ready" not in (log.read_text() if log.exists() else ""):
+        if procs[-1].poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"bench.nats_responder did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    asyncio.run(_concurrent(url, subject, texts, 1, 30))  # warm, as the gateway
+    singles, trips = asyncio.run(_paired(url, subject, texts, model))
+    return {"overhead_1_client": _quantiles([t - s for t, s in zip(trips, singles)]),
+            "round_trip_1_client": _quantiles(trips)}
 
 
 def _http_route(path: Path, topology: Any, texts: list[str], clients: int, workdir: Path,
@@ -241,6 +260,8 @@ def _rows(results: dict[str, Any]) -> list[Row]:
         Row("gateway", "NATS round trip minus in-process encode, 1 client, p50", g["overhead_1_client"]["p50_ms"],
             "ms", "limit 2 ms", 2.0, 1.0, at_most=True,
             note=f"p99 {g['overhead_1_client']['p99_ms']:.1f} ms; max_wait_ms {g['max_wait_ms']}"),
+        Row("gateway", "the same for a bare NATS responder (model on a thread, nothing else), p50",
+            g["bare_responder"]["overhead_1_client"]["p50_ms"], "ms", note="this machine's floor under the row above"),
         Row("gateway", "NATS round trip minus the gateway's own model time, 1 client, mean",
             g["beyond_model_1_client_mean_ms"], "ms", note=f"model in the gateway {g['model_in_gateway_mean_ms']:.1f} "
             f"ms, in process {g['encode_in_process_1']['p50_ms']:.1f} ms (p50)"),

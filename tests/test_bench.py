@@ -167,6 +167,25 @@ def test_bench_light_stages_against_a_bare_faust_agent(kafka: str, tmp_path: Pat
     assert "bare Faust beside it" in done.stdout
 
 
+
+def test_bench_gateway_against_in_process_and_a_bare_responder(tmp_path: Path) -> None:
+    """A small run of the gateway benchmark on its own nats-server: each figure is measured, none is made up."""
+    from tests.conftest import NATS_TEST_PORT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gateway", "--requests", "48", "--clients", "4",
+         "--nats-port", str(NATS_TEST_PORT + 11), "--web-port", str(6910 + PORT_SHIFT)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    g = json.loads(done.stdout)
+    assert g["max_batch"] == 32 and g["throughput_4_clients_per_s"] > 0 and g["in_process_one_at_a_time_per_s"] > 0
+    assert g["batching_gain"] == pytest.approx(g["throughput_4_clients_per_s"] / g["in_process_one_at_a_time_per_s"],
+                                               abs=0.02)  # each figure is rounded
+    for figure in (g["encode_in_process_1"], g["round_trip_1_client"], g["bare_responder"]["round_trip_1_client"]):
+        assert 0 < figure["p50_ms"] <= figure["p99_ms"]
+    # A round trip holds a model pass, so it outlasts the gateway's own model time; the rest is NATS and code.
+    assert g["model_in_gateway_mean_ms"] > 0 and g["beyond_model_1_client_mean_ms"] > 0
+
 def test_bench_refuses_an_unknown_part() -> None:
     done = subprocess.run([sys.executable, "-m", "bench", "--parts", "ceiling,gpu"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
