@@ -167,7 +167,6 @@ def test_bench_light_stages_against_a_bare_faust_agent(kafka: str, tmp_path: Pat
     assert "bare Faust beside it" in done.stdout
 
 
-
 def test_bench_gateway_against_in_process_and_a_bare_responder(tmp_path: Path) -> None:
     """A small run of the gateway benchmark on its own nats-server: each figure is measured, none is made up."""
     from tests.conftest import NATS_TEST_PORT
@@ -185,6 +184,7 @@ def test_bench_gateway_against_in_process_and_a_bare_responder(tmp_path: Path) -
         assert 0 < figure["p50_ms"] <= figure["p99_ms"]
     # A round trip holds a model pass, so it outlasts the gateway's own model time; the rest is NATS and code.
     assert g["model_in_gateway_mean_ms"] > 0 and g["beyond_model_1_client_mean_ms"] > 0
+
 
 def test_bench_refuses_an_unknown_part() -> None:
     done = subprocess.run([sys.executable, "-m", "bench", "--parts", "ceiling,gpu"], cwd=ROOT, capture_output=True,

@@ -102,13 +102,13 @@ def test_token_batches_cover_everything_within_budget() -> None:
         assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
 
 
-
 def test_token_batches_cut_where_passes_cost_least() -> None:
     # Short and long texts in one batch: with a CPU's small cost per pass, two passes pad far less than one.
     lengths = [100, 10] * 16
     short, long = [i for i in range(32) if lengths[i] == 10], [i for i in range(32) if lengths[i] == 100]
     assert token_batches(lengths, budget=4096, max_size=64, cost=80) == [short, long]
     assert token_batches(lengths, budget=4096, max_size=64) == [short + long]  # a pass worth the budget: fewest
+    assert token_batches(lengths, budget=1000, max_size=64) == [short, long[:10], long[10:]]
     assert token_batches([], budget=4096, max_size=64) == []
     assert token_batches([300], budget=256, max_size=64) == [[0]]  # longer than the budget: a pass of its own
 
@@ -120,7 +120,8 @@ def test_token_batches_match_the_cheapest_cut_found_by_search() -> None:
     rng = np.random.default_rng(1)
     for _ in range(40):
         lengths = [int(n) for n in rng.integers(5, 120, size=int(rng.integers(1, 10)))]
-        budget, max_size, cost = int(rng.integers(120, 600)), int(rng.integers(1, 6)), int(rng.integers(0, 200))
+        budget, max_size = int(rng.integers(120, 600)), int(rng.integers(1, 6))
+        cost = int(rng.integers(0, budget))  # from the budget up, the cut is the fewest passes (tested above)
         ordered = sorted(lengths)
 
         def total(groups: list[list[int]]) -> float:
@@ -133,6 +134,7 @@ def test_token_batches_match_the_cheapest_cut_found_by_search() -> None:
         chosen = token_batches(lengths, budget, max_size, cost)
         assert sorted(i for b in chosen for i in b) == list(range(len(lengths)))
         assert total([[lengths[i] for i in b] for b in chosen]) == cheapest
+
 
 def test_embed_stage_real_model(topology) -> None:
     stage = load_stage(topology, "embed")
