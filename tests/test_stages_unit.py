@@ -121,7 +121,7 @@ def test_token_batches_match_the_cheapest_cut_found_by_search() -> None:
     for _ in range(40):
         lengths = [int(n) for n in rng.integers(5, 120, size=int(rng.integers(1, 10)))]
         budget, max_size = int(rng.integers(120, 600)), int(rng.integers(1, 6))
-        cost = int(rng.integers(0, budget))  # from the budget up, the cut is the fewest passes (tested above)
+        cost = int(rng.integers(0, budget))  # from the budget up, the cut is the fewest passes (checked below)
         ordered = sorted(lengths)
 
         def total(groups: list[list[int]]) -> float:
@@ -129,11 +129,17 @@ def test_token_batches_match_the_cheapest_cut_found_by_search() -> None:
                 return float("inf")
             return sum(cost + len(g) * max(g) for g in groups)
 
-        cheapest = min(total([ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)))])
-                       for k in range(len(ordered)) for cuts in combinations(range(1, len(ordered)), k))
+        every_cut = [[ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)))]
+                     for k in range(len(ordered)) for cuts in combinations(range(1, len(ordered)), k)]
+        cheapest = min(total(groups) for groups in every_cut)
         chosen = token_batches(lengths, budget, max_size, cost)
         assert sorted(i for b in chosen for i in b) == list(range(len(lengths)))
         assert total([[lengths[i] for i in b] for b in chosen]) == cheapest
+        # A pass worth the budget (the default cost): the fewest passes any feasible cut has, each within bounds.
+        fewest = token_batches(lengths, budget, max_size)
+        assert sorted(i for b in fewest for i in b) == list(range(len(lengths)))
+        assert total([[lengths[i] for i in b] for b in fewest]) < float("inf")
+        assert len(fewest) == min(len(groups) for groups in every_cut if total(groups) < float("inf"))
 
 
 def test_embed_stage_real_model(topology) -> None:
