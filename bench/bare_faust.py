@@ -1,7 +1,7 @@
 """`python -m bench.bare_faust CONFIG STAGE WARM COUNT MARKS`: a Faust agent that takes and acks, no work.
 
-It reads the stage's input topic with the stage's own Faust settings (copied from the app the runtime builds,
-so a setting changed in pipeline/runtime/app.py changes this too) and the stage's take size. It touches
+It reads the stage's input topic with the Faust settings the stage runtime used while Faust consumed Kafka itself
+(before the librdkafka loop of pipeline/runtime/loop.py) and the stage's take size. It touches
 MARKS.warm once it has acked WARM events, and writes MARKS.done (JSON: the time of the ack that reached
 WARM + COUNT events, and the settings) once it has; the caller sends the COUNT events and stops it.
 This is Faust's own per-event ceiling for a light stage on this broker.
@@ -13,16 +13,34 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
-# The settings of the stage's Faust app that shape how it consumes; the rest are Faust's defaults in both.
-COPIED = ("broker", "broker_credentials", "store", "topic_disable_leader", "topic_allow_declare",
-          "consumer_auto_offset_reset", "broker_commit_interval", "stream_wait_empty", "broker_max_poll_records",
-          "stream_buffer_maxsize", "consumer_max_fetch_size", "broker_max_poll_interval")
+from pipeline.config import KafkaSecurity
+from pipeline.kafka.security import credentials
+
+# What the Faust consumer of a stage was given; the rest are Faust's defaults (some read from the environment).
+SETTINGS = {"store": "memory://", "topic_disable_leader": True, "topic_allow_declare": False,
+            "consumer_auto_offset_reset": "earliest", "broker_commit_interval": 1.0, "stream_wait_empty": False}
+
+
+def faust_credentials(security: KafkaSecurity) -> Any:
+    """topics.yaml's security settings as Faust's broker_credentials, or None for PLAINTEXT."""
+    import faust
+
+    context = ssl.create_default_context(cafile=security.ca_file) if security.protocol.endswith("SSL") else None
+    if security.protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if security.protocol.startswith("SASL"):
+        username, password = credentials(security)
+        return faust.SASLCredentials(username=username, password=password, ssl_context=context,
+                                     mechanism=security.sasl_mechanism)
+    return None
 
 
 def main(config: Path, stage: str, warm: int, count: int, marks: Path,
@@ -31,13 +49,12 @@ def main(config: Path, stage: str, warm: int, count: int, marks: Path,
     import faust
 
     from pipeline.config import load_topology
-    from pipeline.runtime.app import build_app
 
     topology = load_topology(config)
     spec = topology.stages[stage]
-    conf = build_app(topology, stage).conf
-    settings = {name: getattr(conf, name) for name in COPIED}
-    settings["broker"] = [str(url) for url in settings["broker"]]
+    settings = {**SETTINGS, "broker": [f"kafka://{host}" for host in topology.kafka.bootstrap.split(",")],
+                "broker_credentials": faust_credentials(topology.kafka.security),
+                "broker_session_timeout": topology.kafka.session_timeout_s}
     app = faust.App(f"{spec.group}.bare", **settings, web_enabled=False,
                     datadir=tempfile.mkdtemp(prefix="bare-faust-"))
     topic = app.topic(spec.input, key_serializer="raw", value_serializer="raw", internal=False)

@@ -1,5 +1,7 @@
 """The model ceiling: the model's best rate in this process, no Kafka, on the same passages, in length-sorted
-batches cut by the embed stage's own function at each token budget and batch cap of a sweep."""
+batches cut by the embed stage's own function at each token budget and batch cap of a sweep. The passages are
+tokenized before the clock starts, as the stage tokenizes them on its fetch thread while the model is busy: the
+ceiling is the model's forward passes alone."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 from typing import Any
 
 from stages.embed import pass_cost, token_batches
-from stages.model import encode, load_model, load_tokenizer
+from stages.model import encode, encode_ids, load_model, load_tokenizer, token_ids
 
 # Padded tokens per forward pass and passages per pass to try. The sweep is coordinate-wise: every budget at
 # the largest cap, then every cap at the best budget; settings that cut the same batches are measured once.
@@ -19,17 +21,21 @@ SWEEP = {
 }
 
 
+def stage_ids(texts: list[str], model: str, max_len: int) -> list[list[int]]:
+    """Each passage's token ids exactly as the embed stage makes them before cutting batches."""
+    return token_ids(load_tokenizer(model), texts, max_len)
+
+
 def stage_lengths(texts: list[str], model: str, max_len: int) -> list[int]:
     """Each passage's token count exactly as the embed stage computes it before cutting batches."""
-    return [min(len(e.ids) + 2, max_len)
-            for e in load_tokenizer(model).encode_batch(texts, add_special_tokens=False)]
+    return [len(ids) for ids in stage_ids(texts, model, max_len)]
 
 
-def _warm_up(st: Any, max_tokens: int, max_batch: int) -> None:
+def _warm_up(st: Any, model: str, max_tokens: int, max_batch: int) -> None:
     """The passes the embed stage runs before it reports ready (EmbedStage._warm_up), for a fair start."""
     for tokens in (16, 64, 128, st.max_seq_length):
         count = max(1, min(max_batch, max_tokens // tokens))
-        encode(st, ["a " * (tokens - 2)] * count, batch_size=count)
+        encode_ids(st, stage_ids(["a " * (tokens - 2)], model, st.max_seq_length) * count)
 
 
 def _sync(device: str) -> None:
@@ -43,15 +49,16 @@ def measure(texts: list[str], model: str, device: str, max_tokens: int, max_batc
             ) -> dict[str, Any]:
     """Passages/s and padded-token fill of one setting: the best of `repeats` timed runs after the warm-up."""
     st = load_model(model, device)
-    lengths = stage_lengths(texts, model, st.max_seq_length)
+    ids = stage_ids(texts, model, st.max_seq_length)
+    lengths = [len(i) for i in ids]
     batches = token_batches(lengths, max_tokens, max_batch, pass_cost(device.startswith("cuda"), max_tokens))
-    _warm_up(st, max_tokens, max_batch)
+    _warm_up(st, model, max_tokens, max_batch)
     best = float("inf")
     for _ in range(repeats):
         _sync(device)
         started = time.perf_counter()
         for group in batches:
-            encode(st, [texts[i] for i in group], batch_size=len(group))
+            encode_ids(st, [ids[i] for i in group])
         _sync(device)
         best = min(best, time.perf_counter() - started)
     padded = sum(len(g) * max(lengths[i] for i in g) for g in batches)

@@ -38,3 +38,9 @@ def passages(topology: Topology, docs: list[dict[str, Any]]) -> list[dict[str, A
             raise ValueError(f"a benchmark document was rejected: {result.reason}")
         out += result
     return out
+
+
+def cycle(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """`n` records taken round-robin from `records`, each under a fresh doc id (doc_id~round)."""
+    return [{**records[i % len(records)], "doc_id": f"{records[i % len(records)]['doc_id']}~{i // len(records)}"}
+            for i in range(n)]

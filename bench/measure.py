@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.harness import Bench
+from pipeline.config import Topology
 from pipeline.errors import PipelineError
 from pipeline.kafka.clients import consumer
 from pipeline.kafka.offsets import stage_lag
@@ -48,33 +50,44 @@ def naive_baseline(bench: Bench, passages: list[dict[str, Any]], model: str) -> 
 
 
 def stage_alone(bench: Bench, stage: str, records: list[dict[str, Any]], env: dict[str, str] | None = None,
-                embed: dict[str, Any] | None = None) -> dict[str, Any]:
+                embed: dict[str, Any] | None = None, prefilled: bool = False,
+                batch: dict[str, Any] | None = None) -> dict[str, Any]:
     """One stage process, warmed by one take of records and idle, then sent `records`: records/s from the
-    first send to the last record handled (nothing is fetched ahead of the clock, as with a topic filled
-    before the stage starts, whose first takes wait in Faust's buffer while the stage sets up)."""
-    path, topology = bench.topology(f"alone-{stage}", embed=embed)
+    first send to the last record handled (nothing is fetched ahead of the clock).
+
+    `prefilled`: the records are on the topic before the stage starts, and the clock runs from the first
+    batches done (after two takes) to the last: the stage's steady rate with no producer beside it on the cores,
+    for parts that compare it with a reference measured in process. `batch` overrides its batch settings."""
+    path, topology = bench.topology(f"alone-{stage}", embed=embed, batch=batch)
     spec = topology.stages[stage]
-    warm = _warm_records(records, spec.batch.max_records)
+    warm = [] if prefilled else _warm_records(records, spec.batch.max_records)
     pairs = bench.encode(topology, spec.input, records)
+    if prefilled:
+        bench.send(topology, spec.input, pairs)
     bench.start(path, stage, env=env)
     try:
         bench.wait_ready(topology, [stage])
-        bench.fill(topology, spec.input, warm)
-        bench.wait_count(topology, stage, len(warm))
-        before = scrape(call_route(topology, stage, "/metrics"))
-        started = time.time()
-        bench.send(topology, spec.input, pairs)
-        done = bench.wait_count(topology, stage, len(warm) + len(records))
+        if prefilled:
+            bench.wait_count(topology, stage, min(len(records) - 1, 2 * spec.batch.max_records))
+            before = scrape(call_route(topology, stage, "/metrics"))
+            started = before["pipeline_last_batch_timestamp_seconds"]
+            records = records[int(before["pipeline_events_in_total"]):]
+        else:
+            bench.fill(topology, spec.input, warm)
+            bench.wait_count(topology, stage, len(warm))
+            before = scrape(call_route(topology, stage, "/metrics"))
+            started = time.time()
+            bench.send(topology, spec.input, pairs)
+        done = bench.wait_count(topology, stage, int(before["pipeline_events_in_total"]) + len(records))
         m = scrape(call_route(topology, stage, "/metrics"))
     finally:
         bench.stop()
     seconds = done - started
-    busy = m["pipeline_batch_seconds_sum"] - before["pipeline_batch_seconds_sum"]
+    process = m["pipeline_process_seconds_sum"] - before["pipeline_process_seconds_sum"]
     batches = m["pipeline_batch_size_count"] - before["pipeline_batch_size_count"]
     return {"records": len(records), "seconds": seconds, "records_per_s": len(records) / seconds,
-            "busy_records_per_s": len(records) / busy, "mean_batch": len(records) / batches,
-            "stage_seconds": m["pipeline_process_seconds_sum"] - before["pipeline_process_seconds_sum"],
-            "warm_records": len(warm)}
+            "process_records_per_s": len(records) / process, "mean_batch": len(records) / batches,
+            "stage_seconds": process, "warm_records": len(warm), "prefilled": prefilled}
 
 
 def _warm_records(records: list[dict[str, Any]], take: int) -> list[dict[str, Any]]:
@@ -84,44 +97,63 @@ def _warm_records(records: list[dict[str, Any]], take: int) -> list[dict[str, An
 
 def bare_faust(bench: Bench, stage: str, records: list[dict[str, Any]], env: dict[str, str] | None = None,
                ack: str = "each", timeout: float = 600) -> dict[str, Any]:
-    """A Faust agent with the stage's settings and take size that only takes and acks, measured as
-    stage_alone measures the stage: warmed by one take, then sent the records; events/s from the first send
-    to the last ack. With ack="last", also where its group committed, against the partitions' ends."""
-    path, topology = bench.topology(f"bare-{stage}")
-    spec = topology.stages[stage]
-    warm = _warm_records(records, spec.batch.max_records)
-    pairs = bench.encode(topology, spec.input, records)
-    bench.fill(topology, spec.input, warm)
-    marks = bench.workdir / f"bare-{stage}-{time.monotonic_ns()}"
-    bench.spawn("bare-faust", ["-m", "bench.bare_faust", str(path), stage, str(len(warm)), str(len(records)),
-                               str(marks), "--ack", ack], env)
-    try:
-        _wait_file(bench, marks.with_suffix(".warm"), timeout)
-        started = time.time()
-        bench.send(topology, spec.input, pairs)
-        done = json.loads(_wait_file(bench, marks.with_suffix(".done"), timeout).read_text())
-        if ack != "each":
-            time.sleep(2.5)  # past Faust's commit interval (1 s)
-    finally:
-        bench.stop()  # SIGTERM: Faust commits what it may on the way out
-    seconds = done["time"] - started
-    result = {"records": len(records), "seconds": seconds, "records_per_s": len(records) / seconds, "ack": ack,
-              "settings": done["settings"]}
+    """A Faust agent with the stage's settings and take size that only takes and acks (bench/bare_faust.py),
+    events/s from the first send to the last ack. With ack="last", also where its group committed, against the
+    partitions' ends."""
+    # Past Faust's commit interval (1 s) before it is stopped, with ack="last".
+    topology, result = _marked(bench, "bench.bare_faust", stage, records, ["--ack", ack], env, timeout,
+                               linger=2.5 if ack != "each" else 0.0)
+    result["ack"] = ack
     if ack != "each":
         bare_topology = topology.model_copy(deep=True)
-        bare_topology.stages[stage].group = f"{spec.group}.bare"
+        bare_topology.stages[stage].group = f"{topology.stages[stage].group}.bare"
         rows = stage_lag(bare_topology, stage)
         result["committed"] = {r.partition: r.committed for r in rows}
         result["end"] = {r.partition: r.end for r in rows}
     return result
 
 
-def _wait_file(bench: Bench, path: Any, timeout: float) -> Any:
+def librdkafka_reference(bench: Bench, stage: str, records: list[dict[str, Any]], timeout: float = 600
+                         ) -> dict[str, Any]:
+    """A bare confluent-kafka loop with the stage's take size that consumes, decodes, encodes, produces and
+    commits (bench/reference.py), events/s from the first send to the commit that got through them."""
+    return _marked(bench, "bench.reference", stage, records, timeout=timeout)[1]
+
+
+def _marked(bench: Bench, module: str, stage: str, records: list[dict[str, Any]], args: list[str] | None = None,
+            env: dict[str, str] | None = None, timeout: float = 600, linger: float = 0.0
+            ) -> tuple[Topology, dict[str, Any]]:
+    """`python -m MODULE CONFIG STAGE WARM COUNT MARKS ARGS` on the stage's input, measured as stage_alone
+    measures the stage: warmed by one take (the process touches MARKS.warm), then sent the records; records/s
+    from the first send to the time in MARKS.done. Stopped `linger` seconds after that."""
+    name = module.rsplit(".", 1)[-1]
+    path, topology = bench.topology(f"{name}-{stage}")
+    spec = topology.stages[stage]
+    warm = _warm_records(records, spec.batch.max_records)
+    pairs = bench.encode(topology, spec.input, records)
+    bench.fill(topology, spec.input, warm)
+    marks = bench.workdir / f"{name}-{stage}-{time.monotonic_ns()}"
+    bench.spawn(name, ["-m", module, str(path), stage, str(len(warm)), str(len(records)), str(marks),
+                       *(args or [])], env)
+    try:
+        _wait_file(bench, marks.with_suffix(".warm"), timeout)
+        started = time.time()
+        bench.send(topology, spec.input, pairs)
+        done = json.loads(_wait_file(bench, marks.with_suffix(".done"), timeout).read_text())
+        time.sleep(linger)
+    finally:
+        bench.stop()  # SIGTERM: the process commits what it may on the way out
+    seconds = done["time"] - started
+    return topology, {"records": len(records), "seconds": seconds, "records_per_s": len(records) / seconds,
+                      "settings": done["settings"]}
+
+
+def _wait_file(bench: Bench, path: Path, timeout: float) -> Path:
     deadline = time.monotonic() + timeout
     while not path.exists():
         bench.check_alive()
         if time.monotonic() > deadline:
-            raise PipelineError(f"the bare Faust agent did not write {path.name} within {timeout:.0f} s")
+            raise PipelineError(f"{path.name} was not written within {timeout:.0f} s")
         time.sleep(0.02)
     return path
 

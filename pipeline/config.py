@@ -87,6 +87,9 @@ class TopicSpec(_Strict):
 class BatchSettings(_Strict):
     max_records: int = Field(500, ge=1)
     max_wait_ms: int = Field(50, ge=0)
+    # Batches in flight at once (fetched and decoded, in the model, in delivery): 1 runs them one after the other;
+    # 3 overlaps fetching the next and delivering the last with the model's work on this one.
+    depth: int = Field(3, ge=1, le=16)
 
 
 class ScalingSettings(_Strict):

@@ -20,6 +20,7 @@ from pipeline.avro.schemas import AvroError
 from pipeline.config import DEFAULT_CONFIG, Topology, load_topology
 from pipeline.errors import PipelineError
 from pipeline.kafka.dlq import read_headers
+from pipeline.kafka.keys import record_key
 from pipeline.kafka.sender import Barrier
 from pipeline.runtime.batch import BatchHandler, Raw, Stopping
 from pipeline.runtime.stage import Stage, load_stage
@@ -129,7 +130,7 @@ def run_stage(
                 value = in_codec.encode(record)
             except AvroError as exc:
                 raise ValueError(f"input {offset} does not fit {spec.input}'s schema: {exc}") from None
-            key = str(record[key_field]).encode() if key_field and record.get(key_field) is not None else None
+            key = record_key(record, key_field)
         raws.append(Raw(key, value, spec.input, 0, offset, now))
 
     sender = _MemorySender()

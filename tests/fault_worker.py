@@ -4,7 +4,7 @@
 
 STEP raises ERROR the first TIMES times it runs (process: on batches of two or more) (counted in FILE, so across restarts of the worker), then the
 worker runs normally. With KEY, only records with that key fire (produce and delivery steps).
-Steps: decode, process, encode, produce (synchronous), delivery (the asynchronous report), flush, ack.
+Steps: decode, process, encode, produce (synchronous), delivery (the asynchronous report), flush, ack (the commit).
 Errors: KafkaException, TooLarge (KafkaError MSG_SIZE_TOO_LARGE), ValueError, RuntimeError, MemoryError,
 TransientError. At `delivery`, KafkaException and TooLarge become a failed delivery report; the others are
 raised from the delivery callback, so they escape poll()/flush().
@@ -19,10 +19,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import faust  # noqa: E402
 from confluent_kafka import KafkaError, KafkaException  # noqa: E402
 
 from pipeline.config import load_topology  # noqa: E402
+from pipeline.kafka.reader import InputReader  # noqa: E402
 from pipeline.runtime.app import run_worker  # noqa: E402
 from pipeline.runtime.batch import BatchHandler  # noqa: E402
 from pipeline.runtime.stage import TransientError  # noqa: E402
@@ -109,17 +109,17 @@ def init(self: BatchHandler, stage: Any, topology: Any) -> None:
         self.sender.flush = faulty(self.sender.flush)
 
 
-_ack = faust.Stream.ack
+_commit = InputReader.commit
 
 
-async def ack(self: faust.Stream, event: Any) -> bool:
+def commit(self: InputReader, offsets: dict[int, int], wait: bool = False) -> None:
     if STEP == "ack" and fire():
         raise ERRORS[ERROR]()
-    return await _ack(self, event)
+    _commit(self, offsets, wait)
 
 
 BatchHandler.__init__ = init
-faust.Stream.ack = ack
+InputReader.commit = commit
 
 if __name__ == "__main__":
     config, stage_name = sys.argv[1:3]

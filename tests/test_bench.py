@@ -54,8 +54,9 @@ def test_rows_divide_each_part_by_its_own_reference() -> None:
                "naive": {"passages_per_s": 20.0},
                "embed": {"records_per_s": 27.0, "mean_batch": 60, "setting": sweep,
                          "ceiling": {"passages_per_s": 30.0}},
-               "stages": {"classify": {"records_per_s": 3000.0, "busy_records_per_s": 5000.0,
-                                       "bare": {"records_per_s": 4000.0}}},
+               "stages": {"classify": {"records_per_s": 3000.0, "process_records_per_s": 5000.0,
+                                       "bare": {"records_per_s": 5000.0},
+                                       "reference": {"records_per_s": 4000.0}}},
                "pipeline": {"passages_per_s": 24.0, "documents_per_s": 17.0, "ceiling": {"passages_per_s": 32.0},
                             "steady_documents_per_s": 8.5, "latency_p50_s": 0.4, "latency_p99_s": 1.5,
                             "latency_samples": 300}}
@@ -66,7 +67,9 @@ def test_rows_divide_each_part_by_its_own_reference() -> None:
         ("naive loop (one consumer, one message at a time)", "model ceiling"): (0.5, None),
         ("embed stage alone, through the broker", "ceiling beside it"): (0.9, True),  # 27 / 30, not 27 / 40
         ("bare Faust agent on classify's input (take + ack, no work)", None): (None, None),
-        ("classify alone", "bare Faust beside it"): (0.75, False),
+        ("librdkafka reference on classify's input (consume, decode, encode, produce, commit)", None): (None, None),
+        ("classify alone", "librdkafka reference beside it"): (0.75, True),  # 3,000 / 4,000 against 0.6
+        ("classify against the bare Faust agent", "bare Faust beside it"): (0.6, None),  # for information
         ("whole pipeline, produce → stored", "ceiling beside it"): (0.75, False),
         ("whole pipeline against the naive loop", "naive loop"): (1.2, True),
         ("latency p99, ingest → stored, at 8.5 documents/s", "limit"): (0.75, True),
@@ -74,6 +77,7 @@ def test_rows_divide_each_part_by_its_own_reference() -> None:
     targets = {r.label: r.target for r in all_rows({**results, "meta": {"device": "cuda"}})}
     assert targets["whole pipeline against the naive loop"] == 20.0
     assert targets["embed stage alone, against the H100 target"] == 1.0
+    assert targets["classify alone"] == 0.6
 
 
 def test_ceiling_sweep_is_coordinate_wise_and_measures_each_cut_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,18 +157,25 @@ def test_gpu_sh_cpu_quick_through_the_broker(kafka: str, tmp_path: Path) -> None
 
 
 @pytest.mark.kafka
-def test_bench_light_stages_against_a_bare_faust_agent(kafka: str, tmp_path: Path) -> None:
+def test_bench_light_stages_against_a_librdkafka_reference(kafka: str, tmp_path: Path) -> None:
+    """Each light stage after a bare Faust agent and the bare librdkafka loop, on the same 300 records."""
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--parts", "stages", "--docs", "12", "--stage-records", "300",
          "--bootstrap", kafka, "--port-shift", str(PORT_SHIFT), "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
-    assert {s: (v["records"], v["bare"]["records"]) for s, v in data["stages"].items()} == {
-        "preprocess": (300, 300), "classify": (300, 300), "store": (300, 300)}
+    stages = ("preprocess", "classify", "store")
+    assert {s: (v["records"], v["bare"]["records"], v["reference"]["records"]) for s, v in data["stages"].items()
+            } == {s: (300, 300, 300) for s in stages}
+    assert all(v["reference"]["records_per_s"] > 0 and len(v["rounds"]["reference"]) == 1
+               for v in data["stages"].values())
     assert {r["label"]: r["reference_label"] for r in data["rows"] if r["reference_label"]} == {
-        f"{s} alone": "bare Faust beside it" for s in ("preprocess", "classify", "store")}
-    assert "bare Faust beside it" in done.stdout
+        **{f"{s} alone": "librdkafka reference beside it" for s in stages},
+        **{f"{s} against the bare Faust agent": "bare Faust beside it" for s in stages}}
+    references = [r for r in data["rows"] if r["label"].startswith("librdkafka reference on")]
+    assert [r["figure"] for r in references] == [data["stages"][s]["reference"]["records_per_s"] for s in stages]
+    assert "librdkafka reference beside it" in done.stdout
 
 
 def test_bench_gateway_against_in_process_and_a_bare_responder(tmp_path: Path) -> None:
@@ -191,3 +202,55 @@ def test_bench_refuses_an_unknown_part() -> None:
                           text=True, timeout=120)
     assert done.returncode != 0 and "unknown part(s) gpu" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_sim_rows_divide_the_stage_by_the_stand_in() -> None:
+    results = {"meta": {"device": "cpu"},
+               "sim": {"records": 9000, "seconds": 0.6, "records_per_s": 15000.0, "mean_batch": 500,
+                       "stage_seconds": 0.5, "standin": {"passages_per_s": 20000.0, "passes": 40}}}
+    rows = {r.label: r for r in all_rows(results)}
+    stage = rows["embed stage with the simulated accelerator (SIMULATION)"]
+    assert stage.reference == 20000.0 and stage.ratio == pytest.approx(0.75) and stage.met is False
+    assert rows["simulated accelerator in process (no Kafka; SIMULATION)"].ratio is None
+
+
+def test_the_stand_in_spends_its_calibrated_time_with_the_gil_released() -> None:
+    import threading
+    import time
+
+    from stages.simulated import SimulatedAccelerator
+
+    sim = SimulatedAccelerator(pass_s=0.2, token_s=0.0)
+    batch = [[101, 7, 102], [101, 102]]
+    count, done = [0], threading.Event()
+
+    def spin() -> None:  # pure Python: it runs only while nobody holds the GIL
+        while not done.is_set():
+            count[0] += 1
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    time.sleep(0.05)
+    before, started = count[0], time.perf_counter()
+    vectors = sim.encode_ids(batch)
+    took, during = time.perf_counter() - started, count[0] - before
+    done.set()
+    worker.join()
+    assert 0.19 < took < 1.0 and during > 1000, (took, during)
+    assert vectors.shape == (2, 384) and abs(float((vectors ** 2).sum(axis=1)[0]) - 1) < 1e-5
+    assert (sim.encode_ids(batch) == vectors).all()  # deterministic per text
+    assert SimulatedAccelerator(pass_s=0.001, token_s=1e-6).seconds(batch) == pytest.approx(0.001 + 6e-6)
+
+
+@pytest.mark.kafka
+def test_bench_sim_part_runs_the_embed_stage_on_the_stand_in(kafka: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--parts", "sim", "--docs", "12", "--stage-records", "2000",
+         "--bootstrap", kafka, "--port-shift", str(PORT_SHIFT), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    sim = data["sim"]
+    assert sim["standin"]["passages"] == 2000 and sim["standin"]["passages_per_s"] > 0
+    assert sim["prefilled"] and 0 < sim["records"] < 2000 and sim["records_per_s"] > 0
+    assert "SIMULATION" in done.stdout

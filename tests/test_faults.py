@@ -172,7 +172,7 @@ def test_fault(case: Case, fault_runs: dict[str, Run], expected_passages: set[tu
     assert run.supervisor.restarts["preprocess"] == case.crashes, log[-3000:]
     assert log.count("CRITICAL") >= case.crashes
     if case.crashes:
-        assert "batch not acked" in log and "exiting with status 70" in log
+        assert "batches in hand not committed" in log and "exiting with status 70" in log
     passages = _passages(run.topo)
     want = {(d, i) for d, i in expected_passages if d not in case.missing | {"big"}}
     assert set(passages) == want  # nothing lost, nothing extra (duplicates from a retry are allowed)

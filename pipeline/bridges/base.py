@@ -8,7 +8,6 @@ import contextlib
 import importlib
 import json
 import logging
-import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -16,13 +15,14 @@ from typing import Any
 
 from pipeline.avro.codecs import codec_for
 from pipeline.bridges.metrics import BridgeMetrics
-from pipeline.probes import probe_app
 from pipeline.avro.schemas import AvroError
 from pipeline.config import BridgeSource, Topology, bridge_stage
 from pipeline.errors import PipelineError
 from pipeline.kafka.dlq import PREFIX, error_headers
+from pipeline.kafka.keys import record_key
 from pipeline.kafka.limits import Limit, record_size
 from pipeline.kafka.sender import Sender
+from pipeline.runtime.shell import Shell
 
 log = logging.getLogger("pipeline.bridge")
 
@@ -133,8 +133,7 @@ class Converter:
             value = self.codec.encode(record)
         except AvroError as exc:
             return Refused(exc.reason, str(exc), type(exc).__name__)
-        key = None if self.key_field is None or record.get(self.key_field) is None \
-            else str(record[self.key_field]).encode()
+        key = record_key(record, self.key_field)
         if record_size(value, key) > self.limit.bytes:
             return Refused("too-large", f"encoded record over the limit of {self.limit}")
         return value, key
@@ -154,6 +153,8 @@ class SourceBridge:
         self.sender = Sender(topology)
         self.m = BridgeMetrics(name, self.spec.kind)
         self.ready = False
+        self.shell = Shell(f"bridge {name}", self.m.registry, lambda: {"source": self.ready},
+                           topology.kafka.bootstrap, self.m.broker_up)
         self.stopping = asyncio.Event()
         self.held: list[list[Message]] = []  # batches read and not yet acked (or given up), oldest first
         self._failing = 0
@@ -230,16 +231,22 @@ class SourceBridge:
                 reported = moved
             await asyncio.sleep(BACKLOG_EVERY_S)
 
-    async def _serve(self, port: int) -> None:
-        from aiohttp import web
-
-        runner = web.AppRunner(probe_app(self.m.registry, lambda: {"source": self.ready}), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "0.0.0.0", port).start()
-
     async def run(self) -> None:
+        runner = None
         if self.spec.web_port:
-            await self._serve(self.spec.web_port)
+            try:
+                runner = await self.shell.serve(self.spec.web_port)
+            except OSError as exc:
+                raise PipelineError(f"bridge {self.name}: cannot serve on port {self.spec.web_port} "
+                                    f"({exc.strerror}): is another one running?") from None
+        try:
+            await self._run()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            self.shell.close()
+
+    async def _run(self) -> None:
         try:
             await self.source.open()
         except Exception as exc:  # the server is not there (or refuses the stream, queue or consumer as declared)
@@ -249,9 +256,8 @@ class SourceBridge:
                                 f"without a server, `pipeline dev up --with {self.spec.kind}` starts one locally"
                                 ) from None
         watcher = asyncio.create_task(self._watch())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+        self.shell.install_signals(self.stopping.set)
+        self.shell.start()
         log.info("bridge %s: %s -> %s (dead letters: %s)", self.name, self.source.where, self.converter.topic,
                  self.dead_letter)
         # The next batch is read while this one is in delivery (Kafka's round trip hides the source's), but
@@ -333,6 +339,9 @@ class SourceBridge:
         log.error("%s: could not ack %d message(s); the source will deliver them again", self.name, len(batch))
 
 
-def run_source(topology: Topology, name: str) -> None:
-    """Run the bridge until SIGTERM or Ctrl-C: it finishes the batch in hand, acks it, and exits."""
-    asyncio.run(SourceBridge(topology, name).run())
+def run_source(topology: Topology, name: str, loglevel: str = "info") -> None:
+    """Run the bridge until SIGTERM or Ctrl-C: it finishes the batch in hand, acks it, and exits (or, past the
+    shutdown deadline, exits unacked: the source delivers that batch again)."""
+    bridge = SourceBridge(topology, name)
+    bridge.shell.setup_logging(loglevel)
+    asyncio.run(bridge.run())

@@ -1,4 +1,4 @@
-"""A source bridge's Prometheus series (served by pipeline.probes)."""
+"""A source bridge's Prometheus series (served by pipeline.runtime.shell)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class BridgeMetrics:
         self.given_up = series(Counter, "pipeline_bridge_given_up", "Messages Kafka refused for good, handed to "
                                "the source's dead-letter route (RabbitMQ dead-letter exchange)")
         self.batches = series(Counter, "pipeline_bridge_batches", "Batches delivered and acked")
+        self.broker_up = series(Gauge, "pipeline_broker_up", "1 while the Kafka bootstrap address accepts "
+                                "connections, 0 during a broker outage (probed every second)")
 
     def total(self, counter: str) -> int:
         """A counter's value so far, e.g. total("messages_out")."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
 from pipeline.commands.context import settings
@@ -15,16 +13,15 @@ app = typer.Typer(help="Bridges to NATS JetStream, RabbitMQ and Redis Streams (b
 
 @app.command("in")
 def in_(ctx: typer.Context, name: str = typer.Argument(..., help="A source under bridges.sources."),
-        loglevel: str = typer.Option("info", help="Log level: error, warning, info or debug.")) -> None:
+        loglevel: str = typer.Option("info", help="Log level: crit, error, warn, info or debug.")) -> None:
     """Move messages from the source into its Kafka topic until Ctrl-C or SIGTERM; each batch is acked at the
     source only after Kafka acknowledged all of it."""
     topology = settings(ctx).topology()
     source = topology.bridge_source(name)
     require_topics(topology, [source.topic or topology.ingest_topic(), source.dead_letter])
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pipeline.bridges.base import run_source
 
-    run_source(topology, name)
+    run_source(topology, name, loglevel)
 
 
 @app.command("out")

@@ -1,8 +1,8 @@
-"""The gateway's Prometheus series (served by pipeline.probes)."""
+"""The gateway's Prometheus series (served by pipeline.runtime.shell)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.runtime.metrics import BATCH_BUCKETS
 
@@ -29,3 +29,6 @@ class GatewayMetrics:
         self.record_failures = Counter("pipeline_gateway_record_failures", "Exchanges that could not be recorded "
                                        "to gateway.record_to (queue-full, encode, produce, delivery)", ["reason"],
                                        registry=r)
+        self.broker_up = Gauge("pipeline_broker_up", "1 while the Kafka bootstrap address accepts connections, 0 "
+                               "during a broker outage (probed every second; only when recording to Kafka)",
+                               registry=r)

@@ -13,6 +13,7 @@ from confluent_kafka import KafkaException
 from pipeline.avro.codecs import codec_for
 from pipeline.config import Topology
 from pipeline.gateway.metrics import GatewayMetrics
+from pipeline.kafka.keys import record_key
 from pipeline.kafka.sender import Sender
 
 log = logging.getLogger("pipeline.gateway.recorder")
@@ -29,6 +30,7 @@ class Recorder:
     def __init__(self, topology: Topology, topic: str, metrics: GatewayMetrics) -> None:
         self.topic = topic
         self.codec = codec_for(topology, topic)
+        self.key_field = topology.topic(topic).key_field
         # A delivery that fails is reported within message.timeout.ms, so an outage shows in the metric soon.
         self.sender = Sender(topology, **{"message.timeout.ms": 30000, "logger": _librdkafka})
         self.m = metrics
@@ -69,7 +71,7 @@ class Recorder:
             self.m.record_failures.labels("encode").inc()
             return
         try:
-            self.sender.send(self.topic, value, key=record["request_id"].encode())
+            self.sender.send(self.topic, value, key=record_key(record, self.key_field))
         except KafkaException as exc:
             log.warning("cannot produce the exchange of request %s: %s", record.get("request_id"), exc)
             self.m.record_failures.labels("produce").inc()

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import nats
-from aiohttp import web
 from nats.aio.msg import Msg
 
 from pipeline.avro.codecs import schema_store
@@ -20,11 +18,11 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.gateway import protocol
 from pipeline.gateway.batcher import MicroBatcher
 from pipeline.gateway.metrics import GatewayMetrics
-from pipeline.probes import probe_app
 from pipeline.gateway.protocol import GatewayError, Request
 from pipeline.gateway.recorder import Recorder
 from pipeline.gateway.serving import load_servables
 from pipeline.runtime.routes import StageUnreachable, call_route
+from pipeline.runtime.shell import Shell
 
 log = logging.getLogger("pipeline.gateway")
 DRAIN_SECONDS = 10.0  # on SIGTERM: requests in hand get this long to be answered
@@ -62,6 +60,8 @@ class Gateway:
         self.limits: dict[str, tuple[int, int]] = {}
         self.nc: Any = None
         self.loaded = False
+        self.shell = Shell("gateway", self.m.registry, self.ready, topology.kafka.bootstrap if self.record else None,
+                           self.m.broker_up)
         self._tasks: set[asyncio.Task] = set()
         self._stop: asyncio.Event | None = None
 
@@ -93,19 +93,13 @@ class Gateway:
         """Connect, subscribe and serve until stop() (or SIGTERM / SIGINT); then answer what is in hand."""
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._stop.set)
-            except (RuntimeError, ValueError):  # not the main thread (tests, benchmarks)
-                pass
-        runner = web.AppRunner(probe_app(self.m.registry, self.ready))
-        await runner.setup()
+        self.shell.install_signals(self._stop.set)
         try:
-            await web.TCPSite(runner, "0.0.0.0", self.web_port).start()
+            runner = await self.shell.serve(self.web_port)
         except OSError as exc:
-            await runner.cleanup()
             raise PipelineError(f"gateway: cannot serve /metrics on port {self.web_port} ({exc.strerror}): give "
                                 "another with --web-port") from None
+        self.shell.start()
         try:
             for name, stage in self.stages.items():
                 self.batchers[name] = MicroBatcher(
@@ -132,6 +126,7 @@ class Gateway:
             await self.nc.close()
         finally:
             await runner.cleanup()
+            self.shell.close()
             if self.recorder is not None:
                 await loop.run_in_executor(None, self.recorder.close)
             self.model_thread.shutdown(wait=False)
@@ -220,8 +215,10 @@ class Gateway:
         return {"model_id": result.get("model_id"), **answer}
 
 
-def run_gateway(topology: Topology, servers: str | None = None, web_port: int | None = None) -> None:
+def run_gateway(topology: Topology, servers: str | None = None, web_port: int | None = None,
+                loglevel: str = "info") -> None:
     """Load the models, then serve until SIGTERM or Ctrl-C."""
     gateway = Gateway(topology, servers, web_port)
+    gateway.shell.setup_logging(loglevel)
     gateway.setup()
     asyncio.run(gateway.run())

@@ -22,6 +22,7 @@ from pipeline.avro.codecs import codec_for, schema_store
 from pipeline.avro.schemas import AvroError
 from pipeline.config import Topology
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.kafka.keys import record_key
 from pipeline.kafka.limits import RECORD_OVERHEAD, Limit, record_size
 from pipeline.kafka.sender import Sender
 
@@ -245,7 +246,7 @@ def produce_file(
                             f"{spec.value_schema} has {', '.join(sorted(field_names))}"
                         )
                     value = codec.encode(record)
-                    key = _key(record, spec.key_field)
+                    key = record_key(record, spec.key_field)
                     size = record_size(value, key)
                     if size > limit.bytes:
                         raise BadLine(f"record too large: {size:,} bytes with its key and framing, over the limit "
@@ -286,8 +287,3 @@ def _settle(sender: Sender, report: ProduceReport, ctrl_c: _CtrlC) -> None:
             break
     report.sent = sender.acked
     report.per_partition = Counter(sender.per_partition)
-
-
-def _key(record: dict[str, Any], key_field: str | None) -> bytes | None:
-    value = record.get(key_field) if key_field else None
-    return None if value is None else str(value).encode()

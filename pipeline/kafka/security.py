@@ -1,10 +1,8 @@
-"""Kafka TLS/SASL settings for both client libraries (librdkafka and Faust's aiokafka), secrets from the env."""
+"""Kafka TLS/SASL settings for librdkafka (every client of the pipeline), secrets from the environment."""
 
 from __future__ import annotations
 
 import os
-import ssl
-from typing import Any
 
 from pipeline.config import KafkaSecurity
 from pipeline.errors import ConfigError
@@ -30,17 +28,3 @@ def librdkafka_security(security: KafkaSecurity) -> dict[str, str]:
     if security.protocol.endswith("SSL") and security.ca_file:
         conf["ssl.ca.location"] = security.ca_file
     return conf
-
-
-def faust_credentials(security: KafkaSecurity) -> Any:
-    """The same settings as Faust's broker_credentials, or None for PLAINTEXT."""
-    import faust
-
-    context = ssl.create_default_context(cafile=security.ca_file) if security.protocol.endswith("SSL") else None
-    if security.protocol == "SSL":
-        return faust.SSLCredentials(context)
-    if security.protocol.startswith("SASL"):
-        username, password = credentials(security)
-        return faust.SASLCredentials(username=username, password=password, ssl_context=context,
-                                     mechanism=security.sasl_mechanism)
-    return None

@@ -1,1 +1,2 @@
-"""The stage runtime: the stage contract, a Faust app per stage, batches, metrics, supervision, backfill."""
+"""The stage runtime: the stage contract, the pipelined loop and the Faust app per stage, batches, the process
+shell, metrics, supervision, backfill."""

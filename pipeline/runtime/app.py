@@ -1,4 +1,6 @@
-"""The stage runtime: a Faust app per stage that hands batches to the batch thread and acks only after."""
+"""A stage worker: one Faust app whose agent receives whole batches from a librdkafka consumer (through a channel,
+one event per batch), runs the stage on the model thread, and hands the result to delivery (pipeline.runtime.loop);
+Faust keeps the agent, its web views and timers, and never touches Kafka itself."""
 
 from __future__ import annotations
 
@@ -6,26 +8,119 @@ import asyncio
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import faust
-from faust.tables import TableManager
+from faust.app.base import BootStrategy
 
 from pipeline.config import Topology
-from pipeline.kafka.offsets import stage_lag
-from pipeline.kafka.security import faust_credentials
+from pipeline.errors import PipelineError
+from pipeline.kafka.reader import InputReader
 from pipeline.paths import cache_home
-from pipeline.runtime import metrics
-from pipeline.runtime.batch import BatchHandler, Raw, Stopping
-from pipeline.runtime.outage import BrokerWatch, StageWorker, shutdown_timeout
+from pipeline.runtime.batch import BatchHandler, Take
+from pipeline.runtime.loop import Flight, StageLoop, describe_batch
+from pipeline.runtime.shell import Shell
 from pipeline.runtime.stage import load_stage
 
 log = logging.getLogger("pipeline.runtime")
-LAG_INTERVAL = 5.0  # seconds between reads of the group's lag for /metrics
 EXIT_CRASH = 70  # EX_SOFTWARE: an unexpected error ended the worker; restart it
+
+
+class NoKafka(BootStrategy):
+    """Faust's services without its Kafka consumer, producer and tables: agents, timers, web views, sensors."""
+
+    enable_kafka = False
+
+
+class StageApp(faust.App):
+    BootStrategy = NoKafka
+
+
+class StageWorker:
+    """One stage in this process: its Faust app and agent, its loop, its shell."""
+
+    def __init__(self, topology: Topology, stage_name: str, replica: int = 0) -> None:
+        self.stage = stage = load_stage(topology, stage_name)
+        spec = stage.spec
+        self.handler = BatchHandler(stage, topology)
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{stage_name}")
+        self.loaded = False
+        self.shell = Shell(f"stage {stage_name}", self.handler.m.registry, self._checks, topology.kafka.bootstrap,
+                           self.handler.m.broker_up)
+        self.app = self._build_app(spec.group, spec.web_port + 100 * replica)
+        self.channel = self.app.channel(maxsize=spec.batch.depth + 1)
+        self.app.agent(self.channel, name=f"pipeline.{stage_name}")(self._agent)
+        reader = InputReader(topology, spec.input, spec.group)
+        self.loop = StageLoop(self.handler, reader, spec.batch.depth, self._feed, crash)
+        self._aio: asyncio.AbstractEventLoop | None = None
+
+    def _build_app(self, group: str, web_port: int) -> faust.App:
+        datadir = cache_home() / "faust" / group
+        datadir.parent.mkdir(parents=True, exist_ok=True)
+        app = StageApp(group, store="memory://", web_enabled=True, web_port=web_port, datadir=str(datadir))
+        for path, route in self.stage.routes().items():
+            _json_page(app, path, route, self.in_model_thread)
+        self.shell.mount(app.web.web_app)
+        return app
+
+    def _checks(self) -> dict[str, bool | int]:
+        return {"model_loaded": self.loaded, "partitions": len(self.loop.reader.owned)}
+
+    async def in_model_thread(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
+    def _feed(self, flight: Flight) -> None:
+        """From the fetch thread: put the flight on the agent's channel (never full: the loop's depth bounds it)."""
+        asyncio.run_coroutine_threadsafe(self.channel.send(value=flight), self._aio).result()
+
+    async def _agent(self, stream: faust.StreamT) -> None:
+        # Faust's agent supervisor must never recover from an error here (it would restart the agent and skip a
+        # batch): anything but a shutdown's cancellation ends the process.
+        flight: Flight | None = None
+        try:
+            async for flight in stream:
+                if not self.loop.before_process(flight):
+                    continue
+                error = None
+                try:
+                    await self.in_model_thread(self.handler.process, flight.take)
+                except Exception as exc:  # noqa: BLE001 - Stopping is expected; the loop crashes on the rest
+                    error = exc
+                self.loop.after_process(flight, error)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the crash path is the point
+            crash(exc, [flight.take] if flight is not None else [])
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT: set the stage up (before joining the group), run the loop, then stop it
+        (the batches in hand finish and are committed) and stop the app. The stage's close() is not called: the
+        store's would build its HNSW index on the way out, past the shutdown deadline; every batch was already
+        flushed before its commit."""
+        self._aio = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        self.shell.install_signals(stop.set)
+        self.shell.start()
+        try:
+            await self.app.start()
+        except OSError as exc:
+            raise PipelineError(f"stage {self.stage.name}: cannot serve on port {self.app.conf.web_port} "
+                                f"({exc.strerror}): is another worker of it running? (--web-port)") from None
+        self.app.flow_control.resume()  # Faust resumes its queues after a rebalance; with no Kafka, here
+        try:
+            await self.in_model_thread(self.stage.setup)
+        except Exception as exc:  # noqa: BLE001 - a model that does not load: restart with backoff, say why
+            crash(exc, [])
+        self.loaded = True
+        self.loop.start()
+        await stop.wait()
+        self.loop.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.loop.join)
+        await self.app.stop()
+        self.model_thread.shutdown(wait=False)
+        self.shell.close()
 
 
 def _json_page(app: faust.App, path: str, handler: Callable[[dict], dict], run: Callable) -> None:
@@ -43,110 +138,13 @@ def _json_page(app: faust.App, path: str, handler: Callable[[dict], dict], run: 
     app.page(path, name=path.strip("/").replace("/", "-"))(JsonView)
 
 
-class NoTablesManager(TableManager):
-    """Faust's table manager without its one-second wait for tables to register: a stage has none, and the wait
-    is half of a restarted worker's time to ready."""
-
-    async def on_start(self) -> None:
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
-
-
-def build_app(topology: Topology, stage_name: str, replica: int = 0) -> faust.App:
-    """The Faust app of one stage: its own consumer group, no topic declarations, no leader topic."""
-    stage = load_stage(topology, stage_name)
-    spec = stage.spec
-    datadir = cache_home() / "faust" / spec.group
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        spec.group,
-        broker=[f"kafka://{host}" for host in topology.kafka.bootstrap.split(",")],
-        broker_credentials=faust_credentials(topology.kafka.security),
-        store="memory://",
-        topic_disable_leader=True,
-        topic_allow_declare=False,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        stream_wait_empty=False,
-        web_enabled=True,
-        web_port=spec.web_port + 100 * replica,
-        datadir=str(datadir),
-        TableManager=NoTablesManager,
-        broker_session_timeout=topology.kafka.session_timeout_s,  # heartbeats come from the consumer's own thread
-    )
-    topic = app.topic(spec.input, key_serializer="raw", value_serializer="raw", internal=False)
-    executor = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{stage_name}")
-    handler = BatchHandler(stage, topology)
-    ready = threading.Event()
-
-    async def in_thread(fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
-    @app.agent(topic, name=f"pipeline.{stage_name}")
-    async def run(stream: faust.StreamT) -> None:
-        # Faust's agent supervisor must never recover from an error here: it would restart the agent and the
-        # group's commit could move past the batch. Anything but a shutdown's cancellation ends the process.
-        raws: list[Raw] = []
-        try:
-            if not ready.is_set():
-                await in_thread(stage.setup)
-                ready.set()
-            within = spec.batch.max_wait_ms / 1000
-            async for events in stream.noack_take(spec.batch.max_records, within=within):
-                raws = [Raw(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                            e.message.offset, int(e.message.timestamp * 1000)) for e in events]
-                await handle(stream, events, raws)
-                raws = []
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the crash path is the point
-            crash(stage_name, raws, exc)
-
-    async def handle(stream: faust.StreamT, events: list, raws: list[Raw]) -> None:
-        """Run the batch in the batch thread; ack its events only once run_batch returned."""
-        job = asyncio.ensure_future(in_thread(handler.run_batch, raws))
-        try:
-            await asyncio.shield(job)
-        except asyncio.CancelledError:
-            # Shutting down: finish the batch in hand and ack it, so the final commit includes it.
-            handler.stopping.set()
-            try:
-                await job
-            except Stopping:
-                raise asyncio.CancelledError() from None
-            for event in events:
-                await stream.ack(event)
-            raise
-        for event in events:
-            await stream.ack(event)
-
-    @app.timer(interval=LAG_INTERVAL)
-    async def measure_lag() -> None:
-        """The group's lag per input partition, from the broker's offsets (off the event loop and the batch
-        thread: the admin calls block)."""
-        try:
-            rows = await asyncio.get_running_loop().run_in_executor(None, stage_lag, topology, stage_name)
-        except Exception as exc:  # noqa: BLE001 - a metric must never stop the stage
-            log.warning("stage %s: cannot read its lag: %s", stage_name, exc)
-            return
-        handler.m.set_lag({row.partition: row.lag for row in rows})
-
-    for path, route in stage.routes().items():
-        _json_page(app, path, route, in_thread)
-    metrics.add_pages(app, ready, handler.m)
-    app.stage_metrics = handler.m  # for run_worker's broker watch
-    return app
-
-
-def crash(stage_name: str, raws: list[Raw], exc: BaseException) -> NoReturn:
-    """Log one CRITICAL line and end the process now, with no Faust shutdown (which would commit): the batch
-    in hand is not acked, so the restarted worker (supervisor, Kubernetes) processes it again from the last
-    commit, with a fresh producer."""
+def crash(exc: BaseException, takes: list[Take]) -> NoReturn:
+    """Log one CRITICAL line and end the process now: no batch in hand is committed, so the restarted worker
+    (supervisor, Kubernetes) processes them again from the last commit, with a fresh producer."""
     try:
-        log.critical("stage %s: unexpected %s: %s; batch not acked (%s); exiting with status %d to restart from "
-                     "the last commit", stage_name, type(exc).__name__, exc, describe_batch(raws), EXIT_CRASH,
-                     exc_info=exc)
+        log.critical("unexpected %s: %s; batches in hand not committed (%s); exiting with status %d to restart "
+                     "from the last commit", type(exc).__name__, exc, describe_batch(takes), EXIT_CRASH,
+                     exc_info=None if isinstance(exc, PipelineError) else exc)
         logging.shutdown()  # flush every handler: os._exit skips it
         sys.stdout.flush()
         sys.stderr.flush()
@@ -154,22 +152,9 @@ def crash(stage_name: str, raws: list[Raw], exc: BaseException) -> NoReturn:
         os._exit(EXIT_CRASH)
 
 
-def describe_batch(raws: list[Raw]) -> str:
-    """Where a batch came from, e.g. "docs.raw[0]@10..14, docs.raw[1]@3..7"."""
-    if not raws:
-        return "no batch in hand"
-    spans: dict[tuple[str, int], list[int]] = {}
-    for raw in raws:
-        spans.setdefault((raw.topic, raw.partition), []).append(raw.offset)
-    return ", ".join(f"{topic}[{partition}]@{min(offsets)}..{max(offsets)}"
-                     for (topic, partition), offsets in sorted(spans.items()))
-
-
 def run_worker(topology: Topology, stage_name: str, replica: int = 0, loglevel: str = "info") -> None:
-    """Run one stage in this process until SIGTERM/SIGINT, or until the shutdown deadline after them (see
-    pipeline.runtime.outage: PIPELINE_SHUTDOWN_TIMEOUT, default 25 s, under Kubernetes' 60 s grace period)."""
-    timeout = shutdown_timeout()
-    app = build_app(topology, stage_name, replica)
-    watch = BrokerWatch(topology.kafka.bootstrap, on_change=app.stage_metrics.broker_up.set)
-    watch.start()
-    StageWorker(app, watch, timeout, loglevel=loglevel, quiet=True).execute_from_commandline()
+    """Run one stage in this process until SIGTERM/SIGINT, or until the shutdown deadline after them
+    (PIPELINE_SHUTDOWN_TIMEOUT, default 25 s, under Kubernetes' 60 s grace period)."""
+    worker = StageWorker(topology, stage_name, replica)
+    worker.shell.setup_logging(loglevel)
+    asyncio.run(worker.run())

@@ -1,4 +1,5 @@
-"""One batch from consumed bytes to acknowledged outputs: decode, process (bisecting poison), encode, produce, flush."""
+"""One batch from consumed bytes to acknowledged outputs, in steps: decode (and prepare), process (bisecting poison),
+deliver (encode, produce, flush)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
 
 from pipeline.avro.codecs import codec_for
 from pipeline.avro.schemas import AvroError
 from pipeline.config import Topology
-from confluent_kafka import KafkaException
-
 from pipeline.kafka.dlq import PREFIX, error_headers
+from pipeline.kafka.keys import record_key
 from pipeline.kafka.limits import RECORD_OVERHEAD, Limit, is_size_error, record_size
+from pipeline.kafka.reader import Raw
 from pipeline.kafka.sender import Barrier, Sender
 from pipeline.runtime import metrics
 from pipeline.runtime.stage import Incoming, Reject, Result, Stage, TransientError
@@ -26,18 +28,6 @@ MAX_BACKOFF = 30.0
 
 class Stopping(Exception):
     """The worker is shutting down while a batch waits to be retried: leave it unacked."""
-
-
-@dataclass(frozen=True, slots=True)
-class Raw:
-    """A consumed message as bytes, as the loop hands it to the batch thread."""
-
-    key: bytes | None
-    value: bytes | None  # None: a tombstone
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +52,42 @@ class Output:
     count: int  # how many outputs the input made
 
 
+@dataclass(eq=False)
+class Take:
+    """One batch on its way through the loop: fetched and decoded, processed, delivered, then committed."""
+
+    raws: list[Raw]
+    incoming: list[Incoming]  # the decodable inputs, in order (prepared by the stage where it prepares)
+    sources: list[Raw]  # the Raw of each incoming
+    dead: list[Dead]  # inputs that did not decode
+    fetched: float = field(default_factory=time.perf_counter)
+    results: list[Result] | None = None  # one per incoming, once processed
+
+    @property
+    def offsets(self) -> dict[int, int]:
+        """Per input partition, the offset to commit once this take is delivered: its last offset + 1."""
+        found: dict[int, int] = {}
+        for raw in self.raws:
+            found[raw.partition] = max(found.get(raw.partition, -1), raw.offset + 1)
+        return found
+
+    def drop(self, partitions: frozenset[int]) -> int:
+        """Forget the records of these partitions (no longer ours: not processed, not committed); how many."""
+        kept = [raw for raw in self.raws if raw.partition not in partitions]
+        dropped = len(self.raws) - len(kept)
+        if dropped:
+            pairs = [(item, raw) for item, raw in zip(self.incoming, self.sources) if raw.partition not in partitions]
+            self.raws = kept
+            self.incoming = [item for item, _ in pairs]
+            self.sources = [raw for _, raw in pairs]
+            self.dead = [d for d in self.dead if d.raw.partition not in partitions]
+        return dropped
+
+
 class BatchHandler:
-    """Everything between consuming a batch and acking it; runs in the stage's single worker thread."""
+    """Everything between consuming a batch and committing it, in three steps that the loop runs on different
+    threads so that batches overlap: `decode` (the fetch thread), `process` (the model thread) and `deliver`
+    (the delivery thread). Transient failures of a step back off and retry that step, never skip it."""
 
     def __init__(self, stage: Stage, topology: Topology, sender: Sender | None = None) -> None:
         spec = stage.spec
@@ -86,52 +110,94 @@ class BatchHandler:
         self.stopping = threading.Event()
         self.chunk: int | None = None  # set after an out-of-memory error: process at most this many at once
         self.m = metrics.StageMetrics(stage.name)
+        self._stuck: set[str] = set()  # the steps retrying a transient failure now
 
     def run_batch(self, raws: list[Raw]) -> None:
-        """Handle one batch until it succeeds; transient failures back off and retry, never skip."""
-        backoff = 0.5
-        while True:
-            try:
-                self._handle(raws)
-                self.m.stuck.set(0)
-                return
-            except TransientError as exc:
-                if self.stopping.is_set():
-                    raise Stopping() from exc
-                if exc.shrink:
-                    self.chunk = max(1, (self.chunk or len(raws)) // 2)
-                log.warning("stage %s: transient failure, retrying in %.1fs: %s", self.stage.name, backoff, exc)
-                self.m.stuck.set(1)
-                self.m.retries.inc()
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+        """All three steps on this thread, one after the other (backfill, the test kit)."""
+        take = self.decode(raws)
+        self.process(take)
+        self.deliver(take)
 
-    def _handle(self, raws: list[Raw]) -> None:
-        started = time.perf_counter()
+    def decode(self, raws: list[Raw]) -> Take:
+        """Decode the values, then let the stage prepare the batch (e.g. tokenize) before the model is free."""
         dead: list[Dead] = []
         incoming: list[Incoming] = []
         sources: list[Raw] = []
+        accepts_tombstones = self.stage.accepts_tombstones
+        decode = self.in_codec.decode
         for raw in raws:
-            tombstone = raw.value is None and self.stage.accepts_tombstones
             try:
-                value = None if tombstone else self.in_codec.decode(raw.value)
+                value = None if raw.value is None and accepts_tombstones else decode(raw.value)
             except AvroError as exc:
                 dead.append(Dead(raw, exc.reason, type(exc).__name__, str(exc)))
                 continue
             incoming.append(Incoming(value, raw.key, raw.topic, raw.partition, raw.offset, raw.timestamp_ms))
             sources.append(raw)
-        model_started = time.perf_counter()
-        results = self._process(incoming)
-        self.m.process_seconds.observe(time.perf_counter() - model_started)
+        return Take(raws, self._prepare(incoming), sources, dead)
+
+    def _prepare(self, incoming: list[Incoming]) -> list[Incoming]:
+        try:
+            prepared = self.stage.prepare(incoming)
+        except Exception as exc:  # noqa: BLE001 - process() meets the record again, and bisects what fails there
+            log.debug("stage %s: prepare failed (%r); process() gets the batch unprepared", self.stage.name, exc)
+            return incoming
+        if len(prepared) != len(incoming):
+            raise RuntimeError(f"stage {self.stage.name}: prepare returned {len(prepared)} records for "
+                               f"{len(incoming)}")
+        return prepared
+
+    def process(self, take: Take) -> None:
+        """The stage's own work on the take: one result per decoded input."""
+        self._retry("process", self._process, take)
+
+    def deliver(self, take: Take) -> None:
+        """Encode the results, produce them and the dead letters, and wait until the broker acknowledged all."""
+        self._retry("deliver", self._deliver, take)
+
+    def _retry(self, step: str, run: Callable[[Take], None], take: Take) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                run(take)
+                break
+            except TransientError as exc:
+                if self.stopping.is_set():
+                    raise Stopping() from exc
+                if exc.shrink:
+                    self.chunk = max(1, (self.chunk or len(take.incoming)) // 2)
+                log.warning("stage %s: transient failure, retrying in %.1fs: %s", self.stage.name, backoff, exc)
+                self._stuck.add(step)
+                self.m.stuck.set(1)
+                self.m.retries.inc()
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        self._stuck.discard(step)
+        if not self._stuck:
+            self.m.stuck.set(0)
+
+    def _process(self, take: Take) -> None:
+        started = time.perf_counter()
+        items = take.incoming
+        size = self.chunk or max(len(items), 1)
+        results: list[Result] = []
+        for i in range(0, len(items), size):
+            results += isolate(self.stage.process, items[i:i + size], self.stage.name)
+        take.results = results
+        self.m.process_seconds.observe(time.perf_counter() - started)
+
+    def _deliver(self, take: Take) -> None:
+        dead = list(take.dead)
         outputs: list[Output] = []
-        for raw, result in zip(sources, results):
+        encode = self.out_codec.encode if self.out_codec is not None else None
+        for raw, result in zip(take.sources, take.results or []):
             if isinstance(result, Reject):
                 dead.append(Dead(raw, result.reason, "Reject", result.message))
                 continue
-            if self.out_codec is None:
+            if encode is None:
                 continue
             try:
-                made = [(self._key(record, raw), self.out_codec.encode(record, validate=False)) for record in result]
+                made = [(record_key(record, self.out_key_field, raw.key), encode(record, validate=False))
+                        for record in result]
             except AvroError as exc:  # a stage bug: the input is dead-lettered, not lost
                 dead.append(Dead(raw, "output-invalid", type(exc).__name__, str(exc)))
                 continue
@@ -142,30 +208,21 @@ class BatchHandler:
             else:
                 outputs += mine
         dead = self._send(outputs, dead)
+        self._count(take, outputs, dead)
+
+    def _count(self, take: Take, outputs: list[Output], dead: list[Dead]) -> None:
         dropped = {d.raw for d in dead}
-        self.m.events_in.inc(len(raws))
+        self.m.events_in.inc(len(take.raws))
         self.m.events_out.inc(sum(1 for out in outputs if out.source not in dropped))
-        self.m.batch_size.observe(len(raws))
-        self.m.batch_fill.observe(len(raws) / self.stage.spec.batch.max_records)
-        self.m.batch_seconds.observe(time.perf_counter() - started)
+        self.m.batch_size.observe(len(take.raws))
+        self.m.batch_fill.observe(len(take.raws) / self.stage.spec.batch.max_records)
+        self.m.batch_seconds.observe(time.perf_counter() - take.fetched)
         for d in dead:
             self.m.dead_lettered(d.reason).inc()
         now_ms = time.time() * 1000
         self.m.last_batch.set(now_ms / 1000)
-        for item in incoming:
+        for item in take.incoming:
             self.m.latency.observe(max(0.0, now_ms - ingest_time_ms(item)) / 1000)
-
-    def _key(self, record: dict[str, Any], raw: Raw) -> bytes | None:
-        if self.out_key_field and record.get(self.out_key_field) is not None:
-            return str(record[self.out_key_field]).encode()
-        return raw.key
-
-    def _process(self, items: list[Incoming]) -> list[Result]:
-        size = self.chunk or max(len(items), 1)
-        results: list[Result] = []
-        for i in range(0, len(items), size):
-            results += isolate(self.stage.process, items[i:i + size], self.stage.name)
-        return results
 
     def _too_large(self, outputs: list[Output]) -> Dead | None:
         """The dead letter of an input whose largest output is over the output topic's limit, if it is."""

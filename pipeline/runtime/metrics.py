@@ -1,12 +1,8 @@
-"""Prometheus metrics of a stage process, and its /metrics, /healthz and /ready pages."""
+"""Prometheus metrics of a stage process (served by pipeline.runtime.shell), and reading them back."""
 
 from __future__ import annotations
 
-import threading
-
-import faust
-from faust.exceptions import ConsumerNotStarted
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FILL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -41,15 +37,22 @@ class StageMetrics:
                                 "connections, 0 during a broker outage (probed every second)")
         self._dead = Counter("pipeline_dead_lettered", "Records sent to the dead-letter topic",
                              ["stage", "reason"], registry=self.registry)
-        self._lag = Gauge("pipeline_consumer_lag", "Records after the group's committed offset, per input "
-                          "partition, read from the broker", ["stage", "partition"], registry=self.registry)
+        self._lag = Gauge("pipeline_consumer_lag", "Records after the committed offset, per input partition this "
+                          "worker owns, from its consumer's own watermarks", ["stage", "partition"],
+                          registry=self.registry)
+        self._lagging: set[int] = set()  # partitions with a lag series
 
     def dead_lettered(self, reason: str) -> Counter:
         return self._dead.labels(stage=self.stage, reason=reason)
 
-    def set_lag(self, lags: dict[int, int]) -> None:
+    def set_lag(self, lags: dict[int, int], owned: frozenset[int]) -> None:
+        """This worker's partitions' lag; the series of partitions it no longer owns are removed."""
+        for partition in self._lagging - owned:
+            self._lag.remove(self.stage, str(partition))
+        self._lagging &= owned
         for partition, lag in lags.items():
             self._lag.labels(stage=self.stage, partition=str(partition)).set(lag)
+            self._lagging.add(partition)
 
 
 def scrape(text: str) -> dict[str, float]:
@@ -88,29 +91,3 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
             return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
         lower, below = upper, count
     return lower
-
-
-def add_pages(app: faust.App, ready: threading.Event, m: StageMetrics) -> None:
-    """GET /metrics (Prometheus), /healthz (the event loop answers), /ready (model loaded, partitions assigned)."""
-
-    class Metrics(faust.web.View):
-        async def get(self, request: faust.web.Request) -> faust.web.Response:
-            return self.bytes(generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    class Health(faust.web.View):
-        async def get(self, request: faust.web.Request) -> faust.web.Response:
-            return self.json({"ok": True})
-
-    class Ready(faust.web.View):
-        async def get(self, request: faust.web.Request) -> faust.web.Response:
-            try:
-                assigned = len(app.consumer.assignment()) if app.consumer else 0
-            except ConsumerNotStarted:  # asked while the worker starts: not ready yet, not an error
-                assigned = 0
-            ok = ready.is_set() and assigned > 0
-            return self.json({"ready": ok, "model_loaded": ready.is_set(), "partitions": assigned},
-                             status=200 if ok else 503)
-
-    app.page("/metrics", name="metrics")(Metrics)
-    app.page("/healthz", name="healthz")(Health)
-    app.page("/ready", name="ready")(Ready)

@@ -1,6 +1,6 @@
-"""A stage during a broker outage: one log line per change of connection state, a pipeline_broker_up gauge,
-connection-error noise from aiokafka and librdkafka summarised instead of logged thousands of times, and a
-deadline after SIGTERM so a stage whose broker is gone still exits within its Kubernetes grace period."""
+"""A process during a broker outage: one log line per change of connection state, a pipeline_broker_up gauge,
+connection-error noise from the Kafka clients summarised instead of logged thousands of times, and the deadline
+after SIGTERM (pipeline.runtime.shell) so a stage whose broker is gone still exits within its grace period."""
 
 from __future__ import annotations
 
@@ -12,11 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
-
-import faust
-
 from pipeline.errors import ConfigError
+
 log = logging.getLogger("pipeline.runtime.outage")
 
 PROBE_INTERVAL = 1.0  # seconds between connection probes of the bootstrap address
@@ -26,8 +23,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 25.0
 SHUTDOWN_TIMEOUT_ENV = "PIPELINE_SHUTDOWN_TIMEOUT"
 DEADLINE_EXIT = 75  # EX_TEMPFAIL: stopped before its last commit; what it did not commit is processed again
 
-# Lines (lower case) that aiokafka (Faust's consumer), librdkafka (our producers, admin and lag reads) and our own
-# lag timer write for every failed connection attempt or request to an unreachable broker.
+# Lines (lower case) that librdkafka (our consumers, producers and admin clients) and aiokafka (where a user's own
+# Faust code still uses it) write for every failed connection attempt or request to an unreachable broker.
 CONNECTION_ERRORS = (
     "connect call failed", "connection refused", "unable connect to node", "unable to update metadata",
     "unable to request metadata", "nodenotreadyerror", "groupcoordinatornotavailable", "kafkaconnectionerror",
@@ -158,9 +155,9 @@ class BrokerWatch(logging.Filter):
         self._done.set()
 
 
-def _quiet_cancelled_threads() -> None:
-    """At shutdown with the broker gone, aiokafka's consumer thread ends on a CancelledError (its fetch request
-    was cancelled by the stop): one debug line, not a traceback. Every other thread error keeps its traceback."""
+def quiet_cancelled_threads() -> None:
+    """At shutdown with the broker gone, a client thread may end on a CancelledError (its request was cancelled by
+    the stop): one debug line, not a traceback. Every other thread error keeps its traceback."""
     default = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
@@ -170,44 +167,3 @@ def _quiet_cancelled_threads() -> None:
         default(args)
 
     threading.excepthook = hook
-
-
-class StageWorker(faust.Worker):
-    """Faust's worker with the outage behaviour: the watch's filter on the log handlers, and after SIGTERM or
-    SIGINT a deadline, past which the process ends itself (os._exit) whatever the clients are still waiting for."""
-
-    def __init__(self, app: faust.App, watch: BrokerWatch, shutdown_timeout: float, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.watch = watch
-        self.shutdown_timeout = shutdown_timeout
-        self._deadline: threading.Timer | None = None
-
-    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        super().on_setup_root_logger(logger, level)
-        # On the handlers, so the filter sees every logger's records (aiokafka's modules log on their own loggers).
-        for handler in logger.handlers:
-            handler.addFilter(self.watch)
-        _quiet_cancelled_threads()
-
-    def _start_deadline(self) -> None:
-        self.watch.stopping = True
-        if self._deadline is None:
-            self._deadline = threading.Timer(self.shutdown_timeout, self._exit_now)
-            self._deadline.daemon = True
-            self._deadline.start()
-
-    def _exit_now(self) -> None:
-        log.error("the stage did not stop within %.0f s of the signal (broker %s %s): exiting now; records it "
-                  "has not committed are processed again when it restarts", self.shutdown_timeout,
-                  self.watch.bootstrap, "reachable" if self.watch.up else "unreachable")
-        logging.shutdown()
-        os._exit(DEADLINE_EXIT)
-
-    # mode's Worker handles the signals in these two methods (loop.add_signal_handler): start the deadline first.
-    def _on_sigterm(self) -> None:
-        self._start_deadline()
-        super()._on_sigterm()
-
-    def _on_sigint(self) -> None:
-        self._start_deadline()
-        super()._on_sigint()

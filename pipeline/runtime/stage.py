@@ -24,6 +24,7 @@ class Incoming:
     partition: int
     offset: int
     timestamp_ms: int
+    prepared: Any = None  # what the stage's prepare() made of this record, if it prepares
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,12 @@ class Stage:
 
     def setup(self) -> None:
         """Load models and open connections; runs once in the worker before the first batch."""
+
+    def prepare(self, batch: list[Incoming]) -> list[Incoming]:
+        """Optional work that needs no model (e.g. tokenizing), done on the fetch thread while the model is busy
+        with the previous batch: the same records, in order, usually with `prepared` set
+        (`dataclasses.replace(item, prepared=...)`). process() must still accept records left unprepared."""
+        return batch
 
     def process(self, batch: list[Incoming]) -> list[Result]:
         """For each input, in order: the output records it makes, or a Reject."""
