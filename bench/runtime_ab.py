@@ -2,9 +2,11 @@
 reference, in one run on one broker: the before and after of a runtime change.
 
 "Before" is a git revision (default: the last one whose stages Faust fed itself, one event at a time), checked
-out into a temporary worktree and run with its packages first on PYTHONPATH; "after" is this tree, with
+out into a temporary worktree and run with its packages first on the path; "after" is this tree, with
 `batch.depth` 3 (pipelined) and, as a third arm, 1 (one batch after the other, on the same loop). Every round
-runs the arms back to back in a rotating order, so the machine's drift falls on all of them alike."""
+runs the arms back to back in a rotating order, so the machine's drift falls on all of them alike. The reference
+of a light stage is the librdkafka loop (bench/reference.py); of the embed stage, the model's ceiling in process
+at the stage's CPU setting (2,048 tokens x 64 per pass)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from rich.table import Table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench import corpus, measure  # noqa: E402
+from bench import ceiling, corpus, measure  # noqa: E402
 from bench.harness import ROOT, Bench  # noqa: E402
 from bench.parts import stage_inputs  # noqa: E402
 from pipeline.config import load_topology  # noqa: E402
@@ -34,7 +36,8 @@ console = Console()
 
 def _arms(before_tree: Path) -> dict[str, dict[str, Any]]:
     """How each arm runs the stage: the environment of its process and the batch depth in its topics.yaml."""
-    return {"before": {"env": {"PYTHONPATH": str(before_tree)}, "depth": None},
+    # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path otherwise.
+    return {"before": {"env": {"PYTHONPATH": str(before_tree), "PYTHONSAFEPATH": "1"}, "depth": None},
             "after, depth 1": {"env": None, "depth": 1},
             "after": {"env": None, "depth": None}}
 
@@ -77,7 +80,10 @@ def main(
                     order = order[i % len(order):] + order[:i % len(order)]
                     for name in order:
                         with console.status(f"{stage}: {name}, round {i + 1}/{rounds} ..."):
-                            if name == "reference":
+                            if name == "reference" and stage == "embed":  # the model alone, in process
+                                run = ceiling.measure([r["text"] for r in data], DEFAULT_MODEL, "cpu", 2048, 64)
+                                run["records_per_s"] = run["passages_per_s"]
+                            elif name == "reference":
                                 run = measure.librdkafka_reference(bench, stage, data)
                             else:
                                 depth = arms[name]["depth"]

@@ -82,7 +82,8 @@ class ClassifyStage(Stage):
                 hint = "a head trained on it" if self.mode == "trained" else f"it in stages.{self.name}.options.models"
                 results[i] = Reject("model-mismatch", f"embedded by {model}; the classifier needs {hint}")
         for model, rows in by_model.items():
-            scores = self.scores(model, np.stack([from_bytes(batch[i].value["vector"]) for i in rows]))
+            vectors = from_bytes(b"".join(batch[i].value["vector"] for i in rows)).reshape(len(rows), -1)
+            scores = self.scores(model, vectors)
             classifier_id = self.classifier_id_for(model)
             for i, row, best in zip(rows, scores.tolist(), scores.argmax(axis=1).tolist()):
                 results[i] = [{

@@ -36,6 +36,9 @@ class Barrier:
         return not self.unacked and not self.failures
 
 
+POLL_EVERY = 1000  # sends between two polls for delivery reports
+
+
 class Sender:
     """A confluent-kafka producer (acks=all, idempotent) that waits instead of failing when its local queue is
     full, counts what was acknowledged, and reports at `flush()` every record that was not."""
@@ -45,6 +48,7 @@ class Sender:
         self.acked = 0
         self.per_partition: Counter[int] = Counter()
         self._failures: list[Failure] = []
+        self._sent = 0
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: list[tuple[str, bytes]] | None = None, tag: Any = None) -> None:
@@ -60,10 +64,12 @@ class Sender:
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
-                self.producer.poll(0)
-                return
+                break
             except BufferError:  # local queue full: let deliveries drain, then retry the same record
                 self.producer.poll(0.1)
+        self._sent += 1
+        if self._sent % POLL_EVERY == 0:  # serve the delivery reports so far (flush serves the rest)
+            self.producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> Barrier:
         """Wait until every record sent so far is acknowledged or failed (at most `timeout` seconds)."""
