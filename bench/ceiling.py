@@ -45,13 +45,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(texts: list[str], model: str, device: str, max_tokens: int, max_batch: int, repeats: int = 1
-            ) -> dict[str, Any]:
-    """Passages/s and padded-token fill of one setting: the best of `repeats` timed runs after the warm-up."""
+def cut(lengths: list[int], max_tokens: int, max_batch: int, cost: int, take: int | None = None) -> list[list[int]]:
+    """Forward passes as the embed stage cuts them: over all the texts at once, or (`take`) over each run of
+    `take` texts in order, as the stage sees them in takes from Kafka (less room to sort, more padding)."""
+    size = take or max(len(lengths), 1)
+    return [[start + i for i in group] for start in range(0, len(lengths), size)
+            for group in token_batches(lengths[start:start + size], max_tokens, max_batch, cost)]
+
+
+def measure(texts: list[str], model: str, device: str, max_tokens: int, max_batch: int, repeats: int = 1,
+            take: int | None = None) -> dict[str, Any]:
+    """Passages/s and padded-token fill of one setting: the best of `repeats` timed runs after the warm-up;
+    `take`: passes cut within each run of that many texts, as the stage cuts its takes."""
     st = load_model(model, device)
     ids = stage_ids(texts, model, st.max_seq_length)
     lengths = [len(i) for i in ids]
-    batches = token_batches(lengths, max_tokens, max_batch, pass_cost(device.startswith("cuda"), max_tokens))
+    batches = cut(lengths, max_tokens, max_batch, pass_cost(device.startswith("cuda"), max_tokens), take)
     _warm_up(st, model, max_tokens, max_batch)
     best = float("inf")
     for _ in range(repeats):
@@ -64,7 +73,7 @@ def measure(texts: list[str], model: str, device: str, max_tokens: int, max_batc
     padded = sum(len(g) * max(lengths[i] for i in g) for g in batches)
     return {"max_tokens": max_tokens, "max_batch": max_batch, "passages": len(texts), "seconds": best,
             "passages_per_s": len(texts) / best, "tokens_per_s": sum(lengths) / best,
-            "batches": len(batches), "padding": 1 - sum(lengths) / padded}
+            "batches": len(batches), "padding": 1 - sum(lengths) / padded, "take": take}
 
 
 def sweep(texts: list[str], model: str, device: str, budgets: list[int], caps: list[int], repeats: int = 2,

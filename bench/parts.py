@@ -12,7 +12,6 @@ from bench import ceiling, corpus, measure
 from bench.context import Context
 from bench.rows import Row, part
 from pipeline.runtime.stage import Incoming, load_stage
-from stages.embed import token_batches
 from stages.model import encode, load_model, model_id, to_bytes
 from stages.simulated import SimulatedAccelerator
 
@@ -45,8 +44,11 @@ def _setting(ctx: Context) -> dict[str, int]:
 
 
 def _nearby(ctx: Context, texts: list[str]) -> dict[str, Any]:
+    """The ceiling at the stage's setting, its passes cut within takes of the stage's size (as bench.harness
+    sets it: topics.yaml's, grown to the batch cap), as the stage cuts them."""
     s = _setting(ctx)
-    return ceiling.measure(texts, ctx.model, ctx.device, s["max_tokens"], s["max_batch"])
+    take = max(ctx.topology.stages["embed"].batch.max_records, s["max_batch"])
+    return ceiling.measure(texts, ctx.model, ctx.device, s["max_tokens"], s["max_batch"], take=take)
 
 
 def _ceiling_rows(results: dict[str, Any]) -> list[Row]:
@@ -162,8 +164,7 @@ def simulated_rate(texts: list[str], model: str, take: int) -> dict[str, Any]:
     sim = SimulatedAccelerator()
     ids = ceiling.stage_ids(texts, model, sim.max_seq_length)
     budget, cap = SIM_SETTING["max_tokens"], SIM_SETTING["max_batch"]
-    passes = [[ids[start + i] for i in group] for start in range(0, len(ids), take)
-              for group in token_batches([len(i) for i in ids[start:start + take]], budget, cap, budget)]
+    passes = [[ids[i] for i in group] for group in ceiling.cut([len(i) for i in ids], budget, cap, budget, take)]
     started = time.perf_counter()
     for batch in passes:
         sim.encode_ids(batch)

@@ -81,7 +81,7 @@ def main(
                     for name in order:
                         with console.status(f"{stage}: {name}, round {i + 1}/{rounds} ..."):
                             if name == "reference" and stage == "embed":  # the model alone, in process
-                                run = ceiling.measure([r["text"] for r in data], DEFAULT_MODEL, "cpu", 2048, 64)
+                                run = ceiling.measure([r["text"] for r in data], DEFAULT_MODEL, "cpu", 2048, 64, take=64)
                                 run["records_per_s"] = run["passages_per_s"]
                             elif name == "reference":
                                 run = measure.librdkafka_reference(bench, stage, data)
