@@ -113,32 +113,40 @@ def bare_faust(bench: Bench, stage: str, records: list[dict[str, Any]], env: dic
     return result
 
 
-def librdkafka_reference(bench: Bench, stage: str, records: list[dict[str, Any]], timeout: float = 600
-                         ) -> dict[str, Any]:
+def librdkafka_reference(bench: Bench, stage: str, records: list[dict[str, Any]], timeout: float = 600,
+                         embed: dict[str, Any] | None = None, prefilled: bool = False) -> dict[str, Any]:
     """A bare confluent-kafka loop with the stage's take size that consumes, decodes, encodes, produces and
-    commits (bench/reference.py), events/s from the first send to the commit that got through them."""
-    return _marked(bench, "bench.reference", stage, records, timeout=timeout)[1]
+    commits (bench/reference.py), events/s from the first send to the commit that got through them; measured
+    as stage_alone measures a stage with the same `embed` settings and `prefilled`."""
+    return _marked(bench, "bench.reference", stage, records, timeout=timeout, embed=embed, prefilled=prefilled)[1]
 
 
 def _marked(bench: Bench, module: str, stage: str, records: list[dict[str, Any]], args: list[str] | None = None,
-            env: dict[str, str] | None = None, timeout: float = 600, linger: float = 0.0
-            ) -> tuple[Topology, dict[str, Any]]:
+            env: dict[str, str] | None = None, timeout: float = 600, linger: float = 0.0,
+            embed: dict[str, Any] | None = None, prefilled: bool = False) -> tuple[Topology, dict[str, Any]]:
     """`python -m MODULE CONFIG STAGE WARM COUNT MARKS ARGS` on the stage's input, measured as stage_alone
-    measures the stage: warmed by one take (the process touches MARKS.warm), then sent the records; records/s
-    from the first send to the time in MARKS.done. Stopped `linger` seconds after that."""
+    measures the stage: warmed by one take (the process writes MARKS.warm), then sent the records; records/s
+    from the first send to the time in MARKS.done. `prefilled`: every record is on the topic before it starts,
+    and the clock runs from the time in MARKS.warm (one take done) to MARKS.done. Stopped `linger` seconds
+    after that."""
     name = module.rsplit(".", 1)[-1]
-    path, topology = bench.topology(f"{name}-{stage}")
+    path, topology = bench.topology(f"{name}-{stage}", embed=embed)
     spec = topology.stages[stage]
     warm = _warm_records(records, spec.batch.max_records)
     pairs = bench.encode(topology, spec.input, records)
     bench.fill(topology, spec.input, warm)
+    if prefilled:
+        bench.send(topology, spec.input, pairs)
     marks = bench.workdir / f"{name}-{stage}-{time.monotonic_ns()}"
     bench.spawn(name, ["-m", module, str(path), stage, str(len(warm)), str(len(records)), str(marks),
                        *(args or [])], env)
     try:
-        _wait_file(bench, marks.with_suffix(".warm"), timeout)
+        warmed = _wait_file(bench, marks.with_suffix(".warm"), timeout)
         started = time.time()
-        bench.send(topology, spec.input, pairs)
+        if prefilled:
+            started = json.loads(warmed.read_text())["time"]
+        else:
+            bench.send(topology, spec.input, pairs)
         done = json.loads(_wait_file(bench, marks.with_suffix(".done"), timeout).read_text())
         time.sleep(linger)
     finally:

@@ -140,23 +140,37 @@ SIM_SETTING = {"device": "sim", "max_tokens": 32768, "max_batch": 512}  # the em
 
 def _sim_rows(results: dict[str, Any]) -> list[Row]:
     s = results["sim"]
-    return [Row("sim", "simulated accelerator in process (no Kafka; SIMULATION)", s["standin"]["passages_per_s"],
+    rows = [Row("sim", "simulated accelerator in process (no Kafka; SIMULATION)", s["standin"]["passages_per_s"],
                 "passages/s", note=f"{s['standin']['passes']} passes of ≤32,768 padded tokens in takes of 512; "
                 "a calibrated sleep, not a GPU"),
             Row("sim", "embed stage with the simulated accelerator (SIMULATION)", s["records_per_s"], "passages/s",
                 "the stand-in beside it", s["standin"]["passages_per_s"], SIM_TARGET,
                 note=f"{s['records']:,} passages; mean take {s['mean_batch']:.0f}; the model busy "
                 f"{s['stage_seconds'] / s['seconds']:.0%} of the time")]
+    if "reference" in s:
+        rows += [Row("sim", "tokenizer alone on these passages (in process, both cores)", s["tokenizer_per_s"],
+                     "passages/s", note="work the stage does on the CPU whatever the accelerator"),
+                 Row("sim", "librdkafka reference on embed's input, takes of 512", s["reference"]["records_per_s"],
+                     "passages/s", note="consume, decode, encode, produce, commit: no tokenizer, no model"),
+                 Row("sim", "embed stage with the simulated accelerator, against the skeleton", s["records_per_s"],
+                     "passages/s", "librdkafka reference beside it", s["reference"]["records_per_s"])]
+    return rows
 
 
 @part("sim", "The embed stage with a simulated accelerator (device: sim, a calibrated sleep per padded token with "
-      "the GIL released) against the stand-in's own rate: the runtime's ceiling under a fast model.",
+      "the GIL released) against the stand-in's own rate: the runtime's ceiling under a fast model; beside it the "
+      "tokenizer alone and the librdkafka skeleton on the same passages, which bound any stage on these cores.",
       rows=_sim_rows)
 def run_sim(ctx: Context) -> dict[str, Any]:
     records = corpus.cycle(ctx.passages, ctx.stage_records)
-    standin = simulated_rate([r["text"] for r in records], ctx.model, SIM_SETTING["max_batch"])
+    texts = [r["text"] for r in records]
+    standin = simulated_rate(texts, ctx.model, SIM_SETTING["max_batch"])
+    started = time.perf_counter()
+    ceiling.stage_ids(texts, ctx.model, 256)
+    tokenizer = len(texts) / (time.perf_counter() - started)
+    reference = measure.librdkafka_reference(ctx.bench, "embed", records, embed=SIM_SETTING, prefilled=True)
     alone = measure.stage_alone(ctx.bench, "embed", records, embed=SIM_SETTING, prefilled=True)
-    return {**alone, "standin": standin}
+    return {**alone, "standin": standin, "tokenizer_per_s": tokenizer, "reference": reference}
 
 
 def simulated_rate(texts: list[str], model: str, take: int) -> dict[str, Any]:

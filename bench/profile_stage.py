@@ -15,7 +15,7 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench import corpus  # noqa: E402
-from bench.parts import stage_inputs  # noqa: E402
+from bench.parts import SIM_SETTING, stage_inputs  # noqa: E402
 from bench.harness import ROOT, Bench  # noqa: E402
 from pipeline.config import load_topology  # noqa: E402
 from stages.model import DEFAULT_MODEL  # noqa: E402
@@ -51,6 +51,7 @@ def main(
     records: int = typer.Option(20000, help="Records to fill its input with (embed: passages of 300 documents)."),
     top: int = typer.Option(25, help="Functions to show."),
     broker_port: int = typer.Option(29092, help="Port of the broker it starts."),
+    sim: bool = typer.Option(False, "--sim", help="embed: on the simulated accelerator, `records` passages."),
 ) -> None:
     """Fill the stage's input, start it, sample it with py-spy until it is done, and show the profile."""
     topology = load_topology(ROOT / "topics.yaml")
@@ -60,14 +61,14 @@ def main(
     if stage == "preprocess":
         inputs = corpus.documents(records, 7, "alone")
     elif stage == "embed":
-        inputs = passages
+        inputs = corpus.cycle(passages, records) if sim else passages
     else:
         embedded, classified = stage_inputs(topology, passages, records, DEFAULT_MODEL, "cpu")
         inputs = embedded if stage == "classify" else classified
     with tempfile.TemporaryDirectory(prefix="profile-") as work:
         bench = Bench(Path(work), None, broker_port, "cpu")
         try:
-            path, topo = bench.topology(f"profile-{stage}")
+            path, topo = bench.topology(f"profile-{stage}", embed=SIM_SETTING if sim else None)
             bench.fill(topo, topo.stages[stage].input, inputs)
             bench.start(path, stage)
             ready = bench.wait_ready(topo, [stage])

@@ -3,10 +3,11 @@
 In one thread, with no Faust, it takes from the stage's input topic with the stage's take size and wait (one
 consume() a take), decodes every value with the topic's codec, encodes each record again with it and produces
 it (same key) to the stage's output topic, or its dead-letter topic where it has none; it flushes each take,
-raising if a record is not acknowledged, then commits the take's offsets synchronously. It touches MARKS.warm
-once it has committed WARM events, and writes MARKS.done (JSON: the time of the commit that reached WARM + COUNT
-events, and the settings) once it has; the caller sends the COUNT events and stops it (SIGTERM: it finishes its
-take, commits and closes). This is what a light stage's skeleton costs in Python with librdkafka."""
+raising if a record is not acknowledged, then commits the take's offsets synchronously. It writes MARKS.warm
+(JSON: the time) once it has committed WARM events, and MARKS.done (JSON: the time of the commit that reached
+WARM + COUNT events, and the settings) once it has; the caller sends the COUNT events (or filled the topic
+before) and stops it (SIGTERM: it finishes its take, commits and closes). This is what a light stage's skeleton
+costs in Python with librdkafka."""
 
 from __future__ import annotations
 
@@ -55,13 +56,18 @@ def main(config: Path, stage: str, warm: int, count: int, marks: Path) -> None:
             source.commit(offsets=_next_offsets(batch), asynchronous=False)
             now, seen = time.time(), seen + len(batch)
             if seen >= warm and not warmed.exists():
-                warmed.touch()
+                _write(warmed, {"time": now, "events": seen})
             if seen >= warm + count and not done.exists():
-                tmp = marks.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"time": now, "events": seen, "settings": settings}))
-                os.replace(tmp, done)
+                _write(done, {"time": now, "events": seen, "settings": settings})
     finally:
         source.close()
+
+
+def _write(path: Path, data: dict) -> None:
+    """Whole or not at all: the caller polls for the file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def _next_offsets(batch: list[Message]) -> list[TopicPartition]:

@@ -31,6 +31,7 @@ from pipeline.config import load_topology  # noqa: E402
 from stages.model import DEFAULT_MODEL  # noqa: E402
 
 BEFORE = "ef87edc"  # the runtime of Faust's own consumer: noack_take, a serial take -> work -> ack loop
+STAGES = {"preprocess", "classify", "store", "embed"}
 console = Console()
 
 
@@ -53,6 +54,17 @@ def _records(stage: str, n: int) -> list[dict[str, Any]]:
     return embedded if stage == "classify" else classified
 
 
+def _rate(bench: Bench, stage: str, data: list[dict[str, Any]], arm: dict[str, Any] | None) -> float:
+    """Records/s of one arm, or of the reference (arm None): the librdkafka loop, or for embed the model alone in
+    process at the stage's CPU setting, its passes cut within takes of 64 as the stage cuts them."""
+    if arm is None and stage == "embed":
+        return ceiling.measure([r["text"] for r in data], DEFAULT_MODEL, "cpu", 2048, 64, take=64)["passages_per_s"]
+    if arm is None:
+        return measure.librdkafka_reference(bench, stage, data)["records_per_s"]
+    batch = {"depth": arm["depth"]} if arm["depth"] else None
+    return measure.stage_alone(bench, stage, data, env=arm["env"], batch=batch)["records_per_s"]
+
+
 def main(
     before: str = typer.Option(BEFORE, help="The git revision of the previous runtime."),
     stages: str = typer.Option("preprocess,classify,store", help="Comma-separated stages (embed: on the CPU)."),
@@ -64,11 +76,16 @@ def main(
 ) -> None:
     """Every stage on the previous runtime and on this one (pipelined, and with depth 1), with the reference."""
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - STAGES)
+    if unknown or not chosen:
+        raise typer.BadParameter(f"choose from {', '.join(sorted(STAGES))}", param_hint="--stages")
     found: dict[str, Any] = {"before": before, "records": records, "rounds": rounds, "stages": {}}
     with tempfile.TemporaryDirectory(prefix="runtime-ab-") as work:
         tree = Path(work) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), before], cwd=ROOT, check=True,
-                       capture_output=True)
+        added = subprocess.run(["git", "worktree", "add", "--detach", str(tree), before], cwd=ROOT,
+                               capture_output=True, text=True)
+        if added.returncode != 0:
+            raise typer.BadParameter(f"cannot check out {before}: {added.stderr.strip()}", param_hint="--before")
         bench = Bench(Path(work), None, broker_port, "cpu", port_shift)
         try:
             arms = _arms(tree)
@@ -80,16 +97,7 @@ def main(
                     order = order[i % len(order):] + order[:i % len(order)]
                     for name in order:
                         with console.status(f"{stage}: {name}, round {i + 1}/{rounds} ..."):
-                            if name == "reference" and stage == "embed":  # the model alone, in process
-                                run = ceiling.measure([r["text"] for r in data], DEFAULT_MODEL, "cpu", 2048, 64, take=64)
-                                run["records_per_s"] = run["passages_per_s"]
-                            elif name == "reference":
-                                run = measure.librdkafka_reference(bench, stage, data)
-                            else:
-                                depth = arms[name]["depth"]
-                                run = measure.stage_alone(bench, stage, data, env=arms[name]["env"],
-                                                          batch={"depth": depth} if depth else None)
-                        runs[name].append(run["records_per_s"])
+                            runs[name].append(_rate(bench, stage, data, arms.get(name)))
                 found["stages"][stage] = runs
         finally:
             bench.close()

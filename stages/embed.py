@@ -148,7 +148,7 @@ class EmbedStage(Stage):
     # The gateway's capability (pipeline.gateway.serving.Servable): online requests, batched by the gateway.
     def token_counts(self, texts: list[str]) -> list[int]:
         """Word pieces of each text with the model's two special tokens."""
-        return [len(e.ids) + 2 for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return [len(e.ids) + 2 for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
     def token_limits(self) -> tuple[int, int]:
         """(word pieces one text may have, padded word pieces per forward pass)."""

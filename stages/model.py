@@ -68,7 +68,7 @@ def load_tokenizer(name: str) -> Any:
 def token_ids(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]:
     """Each text's word-piece ids with the model's special tokens, cut to `max_len` as sentence-transformers cuts
     them (the last id, [SEP], kept)."""
-    ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=True)]
+    ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=True)]  # no offsets: ~30% faster
     return [i if len(i) <= max_len else i[:max_len - 1] + i[-1:] for i in ids]
 
 

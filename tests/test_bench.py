@@ -253,4 +253,27 @@ def test_bench_sim_part_runs_the_embed_stage_on_the_stand_in(kafka: str, tmp_pat
     sim = data["sim"]
     assert sim["standin"]["passages"] == 2000 and sim["standin"]["passages_per_s"] > 0
     assert sim["prefilled"] and 0 < sim["records"] < 2000 and sim["records_per_s"] > 0
+    assert sim["reference"]["records"] == 2000 and sim["reference"]["records_per_s"] > 0 and sim["tokenizer_per_s"] > 0
+    labels = {r["label"]: r["reference_label"] for r in data["rows"]}
+    skeleton = labels["embed stage with the simulated accelerator, against the skeleton"]
+    assert skeleton == "librdkafka reference beside it"
     assert "SIMULATION" in done.stdout
+
+
+def test_runtime_ab_refuses_unknown_stages_and_revisions() -> None:
+    cases = ((["--stages", "classify,nope"], "choose from"), (["--before", "no-such-rev"], "cannot check out"))
+    for args, message in cases:
+        done = subprocess.run([sys.executable, "-m", "bench.runtime_ab", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode != 0 and message in done.stdout + done.stderr, done.stdout + done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_runtime_ab_table_divides_each_arm_by_the_reference_and_the_before(capsys: pytest.CaptureFixture) -> None:
+    from bench import runtime_ab
+
+    runtime_ab.show({"before": "abc1234", "records": 100, "rounds": 2, "stages": {"classify": {
+        "before": [2000.0, 3000.0], "after, depth 1": [8000.0, 7000.0], "after": [9000.0, 8500.0],
+        "reference": [10000.0, 9000.0]}}})
+    out = capsys.readouterr().out
+    assert "0.30×" in out and "3.00×" in out and "0.90×" in out  # 3000/10000, 9000/3000, 9000/10000
