@@ -149,7 +149,7 @@ def _sim_rows(results: dict[str, Any]) -> list[Row]:
                 f"{s['stage_seconds'] / s['seconds']:.0%} of the time")]
     if "reference" in s:
         rows += [Row("sim", "tokenizer alone on these passages (in process, both cores)", s["tokenizer_per_s"],
-                     "passages/s", note="work the stage does on the CPU whatever the accelerator"),
+                     "passages/s", note="what embed would spend without the ids preprocess carries"),
                  Row("sim", "librdkafka reference on embed's input, takes of 512", s["reference"]["records_per_s"],
                      "passages/s", note="consume, decode, encode, produce, commit: no tokenizer, no model"),
                  Row("sim", "embed stage with the simulated accelerator, against the skeleton", s["records_per_s"],

@@ -10,7 +10,8 @@ from pydantic import Field
 
 import pipeline
 from pipeline import Incoming, Result, Route, Stage, TransientError
-from stages.model import DEFAULT_MODEL, encode_ids, load_model, load_tokenizer, model_id, to_bytes, token_ids
+from stages.model import (DEFAULT_MODEL, cut_ids, encode_ids, ids_from_bytes, load_model, load_tokenizer, model_id,
+                          to_bytes, token_ids, tokenizer_id)
 from stages.simulated import SimulatedAccelerator
 
 
@@ -87,6 +88,7 @@ class EmbedStage(Stage):
     def setup(self) -> None:
         name = self.options.model
         self.tokenizer = load_tokenizer(name)
+        self.tokenizer_id = tokenizer_id(name)
         self.model_id = model_id(name)
         if self.options.device == "sim":
             self.model = SimulatedAccelerator()
@@ -110,12 +112,19 @@ class EmbedStage(Stage):
             self._encode(self._ids(["a " * (tokens - 2)]) * count)
 
     def prepare(self, batch: list[Incoming]) -> list[Incoming]:
-        """Tokenize on the fetch thread, while the model works on the batch before."""
-        live = [i for i, item in enumerate(batch) if not item.value.get("deleted")]
-        ids = self._ids([batch[i].value["text"] for i in live])
+        """Each passage's token ids, on the fetch thread while the model works on the batch before: the ones
+        preprocess carried when they come from this model's tokenizer, else tokenized here."""
         prepared = list(batch)
-        for i, item_ids in zip(live, ids):
-            prepared[i] = replace(batch[i], prepared=item_ids)
+        todo = []
+        for i, item in enumerate(batch):
+            if item.value.get("deleted"):
+                continue
+            if item.value.get("tokenizer_id") == self.tokenizer_id and item.value.get("token_ids"):
+                prepared[i] = replace(item, prepared=cut_ids(ids_from_bytes(item.value["token_ids"]), self.max_len))
+            else:
+                todo.append(i)
+        for i, ids in zip(todo, self._ids([batch[i].value["text"] for i in todo])):
+            prepared[i] = replace(batch[i], prepared=ids)
         return prepared
 
     def process(self, batch: list[Incoming]) -> list[Result]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,40 @@ def token_ids(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]
     """Each text's word-piece ids with the model's special tokens, cut to `max_len` as sentence-transformers cuts
     them (the last id, [SEP], kept)."""
     ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=True)]  # no offsets: ~30% faster
-    return [i if len(i) <= max_len else i[:max_len - 1] + i[-1:] for i in ids]
+    return [cut_ids(i, max_len) for i in ids]
+
+
+def cut_ids(ids: list[int], max_len: int) -> list[int]:
+    return ids if len(ids) <= max_len else ids[:max_len - 1] + ids[-1:]
+
+
+@lru_cache(maxsize=4)
+def tokenizer_id(name: str) -> str:
+    """Which tokenizer made a list of ids: 16 hex digits of the sha256 of the model's tokenizer.json (models that
+    share a tokenizer share the id)."""
+    return hashlib.sha256((model_path(name) / "tokenizer.json").read_bytes()).hexdigest()[:16]
+
+
+def special_ids(tokenizer: Any) -> tuple[list[int], list[int]] | None:
+    """The ids the tokenizer puts before and after a text's own ([CLS], [SEP]), when the ids of sentences joined by
+    spaces are the sentences' ids end to end (BERT's word pieces); None for other tokenizers (BPE, SentencePiece
+    mark word starts, so the joined text tokenizes differently)."""
+    if type(tokenizer.pre_tokenizer).__name__ not in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit"):
+        return None
+    body = tokenizer.encode("x", add_special_tokens=False).ids
+    full = tokenizer.encode("x", add_special_tokens=True).ids
+    for start in range(len(full) - len(body) + 1):
+        if full[start:start + len(body)] == body:
+            return full[:start], full[start + len(body):]
+    return None
+
+
+def ids_to_bytes(ids: list[int]) -> bytes:
+    return np.asarray(ids, dtype="<u4").tobytes()
+
+
+def ids_from_bytes(data: bytes) -> list[int]:
+    return np.frombuffer(data, dtype="<u4").tolist()
 
 
 def encode_ids(model: Any, batch: list[list[int]]) -> np.ndarray:

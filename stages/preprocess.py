@@ -11,7 +11,7 @@ from pydantic import Field
 
 import pipeline
 from pipeline import Incoming, Reject, Result, Stage
-from stages.model import DEFAULT_MODEL, load_tokenizer
+from stages.model import DEFAULT_MODEL, ids_to_bytes, load_tokenizer, special_ids, tokenizer_id
 
 _TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -68,12 +68,17 @@ def normalise(text: str) -> list[str]:
 def pack(sentences: list[str], lengths: list[int], budget: int, overlap: int) -> list[str]:
     """Greedy packing of whole sentences into passages of at most `budget` tokens, repeating `overlap`
     trailing sentences at the start of the next passage when they fit in half the budget."""
-    passages: list[str] = []
+    return [" ".join(sentences[j] for j in group) for group in pack_indices(lengths, budget, overlap)]
+
+
+def pack_indices(lengths: list[int], budget: int, overlap: int) -> list[list[int]]:
+    """pack's passages as the indices of their sentences."""
+    passages: list[list[int]] = []
     current: list[int] = []
     used = 0
     for i, n in enumerate(lengths):
         if current and used + n > budget:
-            passages.append(" ".join(sentences[j] for j in current))
+            passages.append(current)
             carried = current[-overlap:] if overlap else []
             while carried and (sum(lengths[j] for j in carried) > budget // 2
                                or sum(lengths[j] for j in carried) + n > budget):
@@ -82,7 +87,7 @@ def pack(sentences: list[str], lengths: list[int], budget: int, overlap: int) ->
         current.append(i)
         used += n
     if current:
-        passages.append(" ".join(sentences[j] for j in current))
+        passages.append(current)
     return passages
 
 
@@ -98,6 +103,9 @@ class PreprocessStage(Stage):
 
     def setup(self) -> None:
         self.tokenizer = load_tokenizer(self.options.model)
+        self.tokenizer_id = tokenizer_id(self.options.model)
+        # Each passage carries its token ids, so the embed stage need not tokenize it again (TEI tokenizes once too).
+        self.specials = special_ids(self.tokenizer)
         self.budget = self.options.max_tokens - 2  # [CLS] and [SEP]
         self.overlap = self.options.overlap_sentences
         self.max_chars = self.options.max_chars
@@ -126,7 +134,7 @@ class PreprocessStage(Stage):
             docs.append(sentences or Reject("empty-text", "no text left after normalisation"))
         flat = [s for d in docs if isinstance(d, list) for s in d]
         # encode_batch_fast skips character offsets, which counting does not need (a third faster).
-        counts = iter([len(e) for e in self.tokenizer.encode_batch_fast(flat, add_special_tokens=False)])
+        encodings = iter(self.tokenizer.encode_batch_fast(flat, add_special_tokens=False))
         results: list[Result] = []
         for item, doc in zip(batch, docs):
             if isinstance(doc, Reject):
@@ -135,13 +143,21 @@ class PreprocessStage(Stage):
             if isinstance(doc, dict):
                 results.append([doc])
                 continue
-            sentences, lengths = [], []
+            sentences: list[str] = []
+            lengths: list[int] = []
+            ids: list[list[int] | None] = []
             for sentence in doc:
-                n = next(counts)
-                parts, sizes = self._split_long(sentence) if n > self.budget else ([sentence], [n])
-                sentences += parts
-                lengths += sizes
-            results.append(self._passages(item, pack(sentences, lengths, self.budget, self.overlap)))
+                encoding = next(encodings)
+                if len(encoding) > self.budget:  # cut at token boundaries: its pieces' ids are not carried
+                    parts, sizes = self._split_long(sentence)
+                    sentences += parts
+                    lengths += sizes
+                    ids += [None] * len(parts)
+                else:
+                    sentences.append(sentence)
+                    lengths.append(len(encoding))
+                    ids.append(encoding.ids if self.specials else None)
+            results.append(self._passages(item, sentences, ids, pack_indices(lengths, self.budget, self.overlap)))
         return results
 
     def _delete_marker(self, item: Incoming) -> dict | Reject:
@@ -157,17 +173,24 @@ class PreprocessStage(Stage):
         return {"doc_id": doc_id, "passage_index": 0, "passage_count": 0, "text": "", "content_hash": "",
                 "title": None, "source": None, "metadata": {}, "lineage": _lineage(item), "deleted": True}
 
-    def _passages(self, item: Incoming, passages: list[str]) -> list[dict]:
+    def _passages(self, item: Incoming, sentences: list[str], ids: list[list[int] | None],
+                  groups: list[list[int]]) -> list[dict]:
         doc = item.value
         lineage = _lineage(item)
-        return [
-            {
-                "doc_id": doc["doc_id"], "passage_index": i, "passage_count": len(passages), "text": text,
+        passages = []
+        for i, group in enumerate(groups):
+            text = " ".join(sentences[j] for j in group)
+            token_ids = None
+            if self.specials and all(ids[j] is not None for j in group):
+                head, tail = self.specials
+                token_ids = ids_to_bytes(head + [t for j in group for t in ids[j]] + tail)
+            passages.append({
+                "doc_id": doc["doc_id"], "passage_index": i, "passage_count": len(groups), "text": text,
                 "content_hash": hashlib.sha256(text.encode()).hexdigest(), "title": doc.get("title"),
                 "source": doc.get("source"), "metadata": doc.get("metadata") or {}, "lineage": lineage,
-            }
-            for i, text in enumerate(passages)
-        ]
+                "token_ids": token_ids, "tokenizer_id": self.tokenizer_id if token_ids is not None else None,
+            })
+        return passages
 
 
 def _lineage(item: Incoming) -> dict:

@@ -33,12 +33,13 @@ PASSAGE = {
     "doc_id": "d1", "passage_index": 0, "passage_count": 2, "text": "Héllo wörld ✓", "content_hash": "ab" * 32,
     "title": "T", "source": None, "metadata": {"label": "maths"}, "lineage": LINEAGE, "deleted": False,
 }
+TOKENS = {"token_ids": struct.pack("<3I", 101, 7592, 102), "tokenizer_id": "0123456789abcdef"}
 EMBEDDED = {**PASSAGE, "model_id": "all-MiniLM-L6-v2", "dim": 3, "vector": struct.pack("<3f", 0.5, -0.25, 1.0)}
 REASONS = {EmptyValue: "empty-value", TruncatedHeader: "truncated-header", BadMagic: "bad-magic",
            UnknownSchema: "unknown-schema", WrongType: "wrong-type", CorruptRecord: "corrupt-record"}
 RECORDS = {
     "RawDocument": {"doc_id": "d1", "text": "<p>x</p>", "title": None, "source": "s", "metadata": {"a": "b"}},
-    "Passage": PASSAGE,
+    "Passage": {**PASSAGE, **TOKENS},
     "EmbeddedPassage": EMBEDDED,
     "ClassifiedPassage": {**EMBEDDED, "label": "maths", "score": 0.75, "scores": {"maths": 0.75, "text": 0.25},
                           "classifier_id": "zero-shot:abc"},
@@ -101,7 +102,7 @@ SINGLE_OBJECT_FAULTS = [
     ("unknown fingerprint", lambda v: MAGIC + bytes(range(1, 9)) + v[10:], UnknownSchema,
      ["unknown schema fingerprint 0102030405060708", "add the writer's .avsc"]),
     ("body cut short", lambda v: v[:-5], CorruptRecord,
-     ["corrupt pipeline.docs.Passage body (v2,", f"{len(PASSAGE_BYTES) - 15} byte(s) after the header"]),
+     ["corrupt pipeline.docs.Passage body (v3,", f"{len(PASSAGE_BYTES) - 15} byte(s) after the header"]),
     ("header only", lambda v: v[:10], CorruptRecord, ["corrupt pipeline.docs.Passage body", "0 byte(s) after"]),
     ("trailing bytes", lambda v: v + b"\x00\x01", CorruptRecord,
      ["2 unexpected trailing byte(s) after a pipeline.docs.Passage record",

@@ -4,6 +4,7 @@ test kit (pipeline.testing.run_stage: the topics' real Avro codecs and the runti
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pipeline.runtime.stage import load_stage
 from pipeline.testing import run_stage
 from stages.classifier import Head, quality, train_head
 from stages.embed import token_batches
-from stages.model import from_bytes, load_tokenizer, to_bytes
+from stages.model import from_bytes, ids_from_bytes, ids_to_bytes, load_tokenizer, to_bytes, tokenizer_id
 from stages.preprocess import normalise, pack
 from stages.store import point_id
 from stages.vectorstore import stored_points
@@ -77,6 +78,38 @@ def test_preprocess_splits_long_documents_within_the_model_limit() -> None:
     assert long[0]["metadata"] == {"a": "b"} and long[0]["title"] == "T"
     assert "Sentence number 0 talks" in long[0]["text"] and "Sentence number 119" in long[-1]["text"]
     assert [(d.reason, d.value["doc_id"]) for d in run.dead_letters] == [("empty-text", "empty"), ("too-large", "big")]
+
+
+def test_preprocess_carries_the_token_ids_of_each_passage_text() -> None:
+    """What embed would get by tokenizing the passage text itself, for every passage of the sample and odd Unicode;
+    none for passages holding a piece of a sentence cut at token boundaries (its text tokenizes differently)."""
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    sample = [json.loads(line) for line in (ROOT / "stages/data/sample.jsonl").read_text().splitlines()][:120]
+    odd = {"doc_id": "odd", "text": "İstanbul, Ⅻ, ﬁne Çafé naïve ÅNGSTRÖM. 東京 😀 <b>bold</b>\ttab. Done!"}
+    cut = {"doc_id": "cut", "text": "socket " * 300}  # one sentence over the limit: cut in two
+    run = run_stage("preprocess", [*sample, odd, cut], CONFIG)
+    carried = [p for p in run.outputs if p["token_ids"] is not None]
+    assert len(carried) >= len(sample) and any(p["doc_id"] == "odd" for p in carried)
+    for p in carried:
+        assert ids_from_bytes(p["token_ids"]) == tokenizer.encode(p["text"]).ids, p["text"][:80]
+        assert p["tokenizer_id"] == tokenizer_id("all-MiniLM-L6-v2")
+    assert [p["token_ids"] for p in run.outputs if p["doc_id"] == "cut"] == [None, None]
+
+
+def test_embed_uses_carried_ids_only_from_its_own_tokenizer(topology) -> None:
+    stage = load_stage(topology, "embed")
+    stage.setup()
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    base = {"passage_index": 0, "passage_count": 1, "content_hash": "h", "title": None, "source": None,
+            "metadata": {}, "lineage": LINEAGE, "text": "Compute the square root of a number."}
+    other = ids_to_bytes(tokenizer.encode("Open a TCP socket to a server.").ids)
+    records = [{**base, "doc_id": "plain"},
+               {**base, "doc_id": "mine", "token_ids": other, "tokenizer_id": stage.tokenizer_id},
+               {**base, "doc_id": "foreign", "token_ids": other, "tokenizer_id": "not-this-one"}]
+    plain, mine, foreign = (from_bytes(o["vector"]) for o in run_stage(stage, records).outputs)
+    socket = stage.embed_texts({"texts": ["Open a TCP socket to a server."]})["vectors"][0]
+    assert np.allclose(mine, socket, atol=1e-5)  # the carried ids were embedded, not the text
+    assert np.allclose(foreign, plain, atol=1e-5) and not np.allclose(plain, mine, atol=1e-2)
 
 
 def test_preprocess_options_from_the_kit() -> None:
