@@ -124,9 +124,10 @@ class Bench:
             time.sleep(0.02)
         return time.time()
 
-    def wait_count(self, topology: Topology, stage: str, count: int, timeout: float = 1800) -> float:
+    def wait_count(self, topology: Topology, stage: str, count: int, timeout: float = 1800, every: float = 0.25
+                   ) -> float:
         """Wait until the stage has handled `count` records; the time its batch that got there was done.
-        Polls gently (4/s) so that watching does not slow down what is watched."""
+        Polls gently (4/s by default) so that watching does not slow down what is watched."""
         deadline = time.monotonic() + timeout
         while True:
             m = scrape(call_route(topology, stage, "/metrics"))
@@ -135,7 +136,7 @@ class Bench:
             self.check_alive()
             if time.monotonic() > deadline:
                 raise PipelineError(f"{stage} did not get through {count} records within {timeout:.0f} s")
-            time.sleep(0.25)
+            time.sleep(every)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by each stage process and by the broker this run started."""

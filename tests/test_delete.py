@@ -25,8 +25,10 @@ def test_a_tombstone_becomes_a_delete_marker_that_passes_every_stage() -> None:
     assert run.reasons == ["tombstone-without-key"]
     assert run.output_keys[0] == b"gone"
 
+    assert marker["token_ids"] is None and marker["tokenizer_id"] is None  # nothing to embed, no ids carried
     embedded = run_stage("embed", [marker], CONFIG).outputs
-    assert embedded == [{**marker, "model_id": "all-MiniLM-L6-v2", "dim": 0, "vector": b""}]
+    passage = {k: v for k, v in marker.items() if k not in ("token_ids", "tokenizer_id")}  # Passage-only fields
+    assert embedded == [{**passage, "model_id": "all-MiniLM-L6-v2", "dim": 0, "vector": b""}]
     classified = run_stage("classify", embedded, CONFIG).outputs
     assert classified == [{**embedded[0], "label": "", "score": 0.0, "scores": {}, "classifier_id": ""}]
 

@@ -138,6 +138,8 @@ class BatchHandler:
     def _prepare(self, incoming: list[Incoming]) -> list[Incoming]:
         try:
             prepared = self.stage.prepare(incoming)
+        except MemoryError:
+            raise  # the process is in trouble, not the record: the worker crashes and restarts
         except Exception as exc:  # noqa: BLE001 - process() meets the record again, and bisects what fails there
             log.debug("stage %s: prepare failed (%r); process() gets the batch unprepared", self.stage.name, exc)
             return incoming
