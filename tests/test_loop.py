@@ -53,6 +53,7 @@ def fly(loop: StageLoop, *records: tuple[int, int]) -> Flight:
     loop.slots.acquire()
     flight = Flight(take(*records))
     loop.flights.append(flight)
+    loop.waiting.append(flight)
     return flight
 
 
@@ -94,16 +95,32 @@ def test_revoke_waits_for_the_batch_in_flight_and_commits_it_before_returning(lo
 def test_records_of_leaving_or_lost_partitions_are_dropped_before_processing(loop: StageLoop) -> None:
     flight = fly(loop, (0, 1), (1, 1), (2, 1), (0, 2))
     loop.leaving = frozenset({1})  # being revoked; 2 is not ours at all (lost)
-    assert loop.before_process(flight)
+    assert loop.next_group() == [flight]
     assert [(r.partition, r.offset) for r in flight.take.raws] == [(0, 1), (0, 2)]
     assert flight.take.offsets == {0: 3}
+
+
+def test_batches_waiting_for_the_model_go_in_one_call_up_to_the_batch_size(loop: StageLoop) -> None:
+    """The batch size is 10 records: 4 + 5 fit together, the next 3 wait for the following call."""
+    a, b = fly(loop, *[(0, i) for i in range(4)]), fly(loop, *[(1, i) for i in range(5)])
+    c = fly(loop, (0, 9), (0, 10), (1, 9))
+    assert loop.next_group() == [a, b]
+    assert loop.next_group() == [c]
+    assert loop.next_group() == []  # its doorbell came after: nothing waits
+
+
+def test_a_batch_larger_than_the_batch_size_still_goes_alone(loop: StageLoop) -> None:
+    big = fly(loop, *[(0, i) for i in range(12)])
+    small = fly(loop, (1, 0))
+    assert loop.next_group() == [big] and loop.next_group() == [small]
 
 
 def test_a_stopped_loop_abandons_what_the_model_has_not_started(loop: StageLoop) -> None:
     flight = fly(loop, (0, 1))
     loop.stop()
-    assert not loop.before_process(flight) and flight.abandoned
-    other = fly(loop, (0, 2))
-    loop.after_process(other, Stopping())
-    assert other.abandoned
+    assert loop.next_group() == [] and flight.abandoned
+    other, more = fly(loop, (0, 2)), fly(loop, (0, 3))
+    loop.waiting.clear()
+    loop.after_process([other, more], Stopping())
+    assert other.abandoned and more.abandoned
     loop.handler.stopping.clear()

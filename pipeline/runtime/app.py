@@ -78,21 +78,23 @@ class StageWorker:
     async def _agent(self, stream: faust.StreamT) -> None:
         # Faust's agent supervisor must never recover from an error here (it would restart the agent and skip a
         # batch): anything but a shutdown's cancellation ends the process.
-        flight: Flight | None = None
+        group: list[Flight] = []
         try:
-            async for flight in stream:
-                if not self.loop.before_process(flight):
+            async for _ in stream:  # one event per batch fetched; the loop hands over what waits for the model
+                group = self.loop.next_group()
+                if not group:
                     continue
                 error = None
                 try:
-                    await self.in_model_thread(self.handler.process, flight.take)
+                    await self.in_model_thread(self.handler.process, [flight.take for flight in group])
                 except Exception as exc:  # noqa: BLE001 - Stopping is expected; the loop crashes on the rest
                     error = exc
-                self.loop.after_process(flight, error)
+                self.loop.after_process(group, error)
+                group = []
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - the crash path is the point
-            crash(exc, [flight.take] if flight is not None else [])
+            crash(exc, [flight.take for flight in group])
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT: set the stage up (before joining the group), run the loop, then stop it

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 
@@ -115,7 +116,7 @@ class BatchHandler:
     def run_batch(self, raws: list[Raw]) -> None:
         """All three steps on this thread, one after the other (backfill, the test kit)."""
         take = self.decode(raws)
-        self.process(take)
+        self.process([take])
         self.deliver(take)
 
     def decode(self, raws: list[Raw]) -> Take:
@@ -148,25 +149,27 @@ class BatchHandler:
                                f"{len(incoming)}")
         return prepared
 
-    def process(self, take: Take) -> None:
-        """The stage's own work on the take: one result per decoded input."""
-        self._retry("process", self._process, take)
+    def process(self, takes: list[Take]) -> None:
+        """The stage's own work on one or more takes in one call (the loop merges takes that waited for the
+        model, as a dynamic batcher does): one result per decoded input, set on each take."""
+        self._retry("process", self._process, takes)
 
     def deliver(self, take: Take) -> None:
         """Encode the results, produce them and the dead letters, and wait until the broker acknowledged all."""
         self._retry("deliver", self._deliver, take)
 
-    def _retry(self, step: str, run: Callable[[Take], None], take: Take) -> None:
+    def _retry(self, step: str, run: Callable[[Any], None], work: Any) -> None:
         backoff = 0.5
         while True:
             try:
-                run(take)
+                run(work)
                 break
             except TransientError as exc:
                 if self.stopping.is_set():
                     raise Stopping() from exc
                 if exc.shrink:
-                    self.chunk = max(1, (self.chunk or len(take.incoming)) // 2)
+                    size = sum(len(t.incoming) for t in work) if isinstance(work, list) else len(work.incoming)
+                    self.chunk = max(1, (self.chunk or size) // 2)
                 log.warning("stage %s: transient failure, retrying in %.1fs: %s", self.stage.name, backoff, exc)
                 self._stuck.add(step)
                 self.m.stuck.set(1)
@@ -177,14 +180,15 @@ class BatchHandler:
         if not self._stuck:
             self.m.stuck.set(0)
 
-    def _process(self, take: Take) -> None:
+    def _process(self, takes: list[Take]) -> None:
         started = time.perf_counter()
-        items = take.incoming
+        items = [item for take in takes for item in take.incoming]
         size = self.chunk or max(len(items), 1)
         results: list[Result] = []
         for i in range(0, len(items), size):
             results += isolate(self.stage.process, items[i:i + size], self.stage.name)
-        take.results = results
+        for take in takes:
+            take.results, results = results[:len(take.incoming)], results[len(take.incoming):]
         self.m.process_seconds.observe(time.perf_counter() - started)
 
     def _deliver(self, take: Take) -> None:

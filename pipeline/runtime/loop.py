@@ -1,7 +1,9 @@
 """The pipelined stage loop, as TEI and Infinity keep a GPU fed: while the model works on batch N, batch N+1 is
 fetched, decoded and prepared (the fetch thread) and batch N-1 is encoded, produced and acknowledged (the delivery
 thread). At most `depth` batches are in flight; offsets are committed in fetch order, each only after its batch's
-outputs and dead letters were acknowledged, and never for a partition this worker no longer owns.
+outputs and dead letters were acknowledged, and never for a partition this worker no longer owns. When the model
+gets free, every batch waiting for it goes into its next call, up to the stage's batch size (as TEI's queue and
+Triton's dynamic batcher form a batch when the model is ready, not when requests arrive).
 
     fetch thread:    consume -> decode -> prepare ──feed──> the stage's Faust agent (event loop)
     model thread:                                           process (called by the agent)
@@ -55,6 +57,7 @@ class StageLoop:
         self.batch = handler.stage.spec.batch
         self.slots = threading.Semaphore(depth)
         self.flights: deque[Flight] = deque()  # fetched and not yet committed (or abandoned), oldest first
+        self.waiting: deque[Flight] = deque()  # fetched and not yet taken by the model, oldest first
         self.changed = threading.Condition()
         self.leaving: Partitions = frozenset()  # partitions being revoked: their records not yet processed are dropped
         self.stopping = threading.Event()
@@ -79,26 +82,36 @@ class StageLoop:
 
     # --- the agent's side (called on the event loop; process runs on the model thread) ---------------------
 
-    def before_process(self, flight: Flight) -> bool:
-        """Whether the agent should process the flight: not while stopping, and without records of partitions
-        that are leaving or already gone."""
+    def next_group(self) -> list[Flight]:
+        """The flights waiting for the model, oldest first, as many as fit the stage's batch size (at least one),
+        without records of partitions that are leaving or already gone; none while stopping (they are
+        abandoned: the next owner, or this worker restarted, processes them)."""
+        with self.changed:
+            group = [self.waiting.popleft()] if self.waiting else []
+            while self.waiting and sum(len(f.take.raws) for f in group) + len(self.waiting[0].take.raws) <= \
+                    self.batch.max_records:
+                group.append(self.waiting.popleft())
         if self.stopping.is_set():
-            self._abandon(flight)
-            return False
-        gone = self.leaving | (frozenset(r.partition for r in flight.take.raws) - self.reader.owned)
-        if gone and flight.take.drop(gone):
-            log.info("stage %s: dropped records of partitions %s that are leaving this worker", self.handler.stage.name,
-                     sorted(gone))
-        return True
+            for flight in group:
+                self._abandon(flight)
+            return []
+        for flight in group:
+            gone = self.leaving | (frozenset(r.partition for r in flight.take.raws) - self.reader.owned)
+            if gone and flight.take.drop(gone):
+                log.info("stage %s: dropped records of partitions %s that are leaving this worker",
+                         self.handler.stage.name, sorted(gone))
+        return group
 
-    def after_process(self, flight: Flight, error: BaseException | None) -> None:
-        """Hand a processed flight to delivery; one whose retries ended with the stop is abandoned."""
+    def after_process(self, group: list[Flight], error: BaseException | None) -> None:
+        """Hand processed flights to delivery; flights whose retries ended with the stop are abandoned."""
         if isinstance(error, Stopping):
-            self._abandon(flight)
+            for flight in group:
+                self._abandon(flight)
         elif error is not None:
-            self.crash(error, [flight.take])
+            self.crash(error, [flight.take for flight in group])
         else:
-            self.deliveries.put(flight)
+            for flight in group:
+                self.deliveries.put(flight)
 
     # --- threads ------------------------------------------------------------------------------------------
 
@@ -117,7 +130,8 @@ class StageLoop:
                 flight = Flight(self.handler.decode(raws))
                 with self.changed:
                     self.flights.append(flight)
-                self.feed(flight)
+                    self.waiting.append(flight)
+                self.feed(flight)  # the agent's doorbell: it takes what waits when the model is free
             self._drain()
         except BaseException as exc:  # noqa: BLE001 - the crash path is the point
             self.crash(exc, self._in_flight())
