@@ -156,15 +156,20 @@ def test_gpu_sh_cpu_quick_through_the_broker(kafka: str, tmp_path: Path) -> None
     assert "whole pipeline against the naive loop" in done.stdout
 
 
-@pytest.mark.kafka
-def test_bench_light_stages_against_a_librdkafka_reference(kafka: str, tmp_path: Path) -> None:
-    """Each light stage after a bare Faust agent and the bare librdkafka loop, on the same 300 records."""
+def _quick_part(kafka: str, tmp_path: Path, part: str, records: int) -> tuple[subprocess.CompletedProcess, dict]:
+    """`python -m bench --quick --parts PART` on the session's broker: its output and results.json."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--parts", "stages", "--docs", "12", "--stage-records", "300",
+        [sys.executable, "-m", "bench", "--quick", "--parts", part, "--docs", "12", "--stage-records", str(records),
          "--bootstrap", kafka, "--port-shift", str(PORT_SHIFT), "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    data = json.loads((tmp_path / "results.json").read_text())
+    return done, json.loads((tmp_path / "results.json").read_text())
+
+
+@pytest.mark.kafka
+def test_bench_light_stages_against_a_librdkafka_reference(kafka: str, tmp_path: Path) -> None:
+    """Each light stage after a bare Faust agent and the bare librdkafka loop, on the same 300 records."""
+    done, data = _quick_part(kafka, tmp_path, "stages", 300)
     stages = ("preprocess", "classify", "store")
     assert {s: (v["records"], v["bare"]["records"], v["reference"]["records"]) for s, v in data["stages"].items()
             } == {s: (300, 300, 300) for s in stages}
@@ -244,12 +249,7 @@ def test_the_stand_in_spends_its_calibrated_time_with_the_gil_released() -> None
 
 @pytest.mark.kafka
 def test_bench_sim_part_runs_the_embed_stage_on_the_stand_in(kafka: str, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--parts", "sim", "--docs", "12", "--stage-records", "2000",
-         "--bootstrap", kafka, "--port-shift", str(PORT_SHIFT), "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    data = json.loads((tmp_path / "results.json").read_text())
+    done, data = _quick_part(kafka, tmp_path, "sim", 2000)
     sim = data["sim"]
     assert sim["standin"]["passages"] == 2000 and sim["standin"]["passages_per_s"] > 0
     assert sim["prefilled"] and 0 < sim["records"] < 2000 and sim["records_per_s"] > 0
