@@ -47,10 +47,10 @@ class Bench:
             self.broker.down()
 
     def topology(self, name: str, partitions: int = 3, embed: dict[str, Any] | None = None,
-                 batch: dict[str, Any] | None = None) -> tuple[Path, Topology]:
+                 batch: dict[str, Any] | None = None, delivery: str | None = None) -> tuple[Path, Topology]:
         """A fresh copy of topics.yaml with its own topics, groups and Qdrant folder, applied on the broker;
         `embed` overrides the embed stage's options (max_tokens, max_batch), its take grown to fit max_batch;
-        `batch` overrides every stage's batch settings (e.g. {"depth": 1})."""
+        `batch` overrides every stage's batch settings (e.g. {"depth": 1}); `delivery` every stage's delivery."""
         folder = self.workdir / name
         folder.mkdir(parents=True, exist_ok=True)
         raw = sandbox.isolated(yaml.safe_load((ROOT / "topics.yaml").read_text()),
@@ -65,6 +65,8 @@ class Bench:
             take["max_records"] = max(take.get("max_records", 1), embed.get("max_batch", 1))
         for stage in raw["stages"].values():
             stage.setdefault("batch", {}).update(batch or {})
+            if delivery:
+                stage["delivery"] = delivery
         path, topology = sandbox.write(raw, folder, ROOT / "schemas")
         client = admin.admin_client(topology)
         admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)

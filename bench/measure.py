@@ -51,14 +51,15 @@ def naive_baseline(bench: Bench, passages: list[dict[str, Any]], model: str) -> 
 
 def stage_alone(bench: Bench, stage: str, records: list[dict[str, Any]], env: dict[str, str] | None = None,
                 embed: dict[str, Any] | None = None, prefilled: bool = False,
-                batch: dict[str, Any] | None = None) -> dict[str, Any]:
+                batch: dict[str, Any] | None = None, delivery: str | None = None) -> dict[str, Any]:
     """One stage process, warmed by one take of records and idle, then sent `records`: records/s from the
-    first send to the last record handled (nothing is fetched ahead of the clock).
+    first send to the last record handled (nothing is fetched ahead of the clock); `delivery` overrides the
+    stage's (at-least-once, exactly-once).
 
     `prefilled`: the records are on the topic before the stage starts, and the clock runs from the first
     batches done (after two takes) to the last: the stage's steady rate with no producer beside it on the cores,
     for parts that compare it with a reference measured in process. `batch` overrides its batch settings."""
-    path, topology = bench.topology(f"alone-{stage}", embed=embed, batch=batch)
+    path, topology = bench.topology(f"alone-{stage}", embed=embed, batch=batch, delivery=delivery)
     spec = topology.stages[stage]
     warm = [] if prefilled else _warm_records(records, spec.batch.max_records)
     pairs = bench.encode(topology, spec.input, records)
@@ -170,10 +171,11 @@ def _wait_file(bench: Bench, path: Path, timeout: float) -> Path:
 
 def whole_pipeline(bench: Bench, docs: list[dict[str, Any]], passages: int,
                    steady: list[tuple[dict[str, Any], int]], steady_seconds: float,
-                   embed: dict[str, Any] | None = None) -> dict[str, Any]:
+                   embed: dict[str, Any] | None = None, delivery: str | None = None,
+                   steady_rate: float | None = None) -> dict[str, Any]:
     """All four stages: the maximum rate (documents produced at once), then ingest-to-stored latency while
-    documents arrive at a steady half of that rate."""
-    path, topology = bench.topology("pipeline", embed=embed)
+    documents arrive at a steady half of that rate (or at `steady_rate`, to compare runs at the same rate)."""
+    path, topology = bench.topology("pipeline", embed=embed, delivery=delivery)
     stages = list(topology.stages)
     for name in stages:
         bench.start(path, name)
@@ -188,7 +190,7 @@ def whole_pipeline(bench: Bench, docs: list[dict[str, Any]], passages: int,
         cpu = {name: used - cpu_before.get(name, 0.0) for name, used in bench.cpu_seconds().items()}
         docs_per_s = len(docs) / seconds
         before = _latency_buckets(topology)
-        rate = docs_per_s / 2
+        rate = steady_rate or docs_per_s / 2
         sent_passages = _steady(bench, topology, raw_topic, steady, rate, steady_seconds)
         bench.wait_count(topology, "store", passages + sent_passages)
         after = _latency_buckets(topology)

@@ -119,6 +119,13 @@ class StageSpec(_Strict):
     dead_letter: str
     group: str
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    # at-least-once: outputs are flushed, then input offsets committed (a crash may repeat a batch's outputs).
+    # exactly-once: a batch's outputs, dead letters and input offsets commit in one Kafka transaction; readers
+    # with isolation.level=read_committed (stages, bridges, `pipeline consume`) see each output once.
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    # exactly-once: batches share one transaction for up to this long (Kafka Streams' default is 100 ms);
+    # downstream readers see a batch's outputs only once its transaction commits, so this adds up to that latency.
+    commit_interval_ms: int = Field(100, ge=0, le=60_000)
     # Port of the stage's web server (metrics, health, stage endpoints); replica i adds 100 * i.
     web_port: int = Field(6066, ge=1, le=65535)
     # Stage-specific settings (model name, labels, Qdrant location, ...), validated against the stage class's

@@ -105,6 +105,25 @@ def wait_for(condition, timeout: float, what: str, procs: dict, logs: Path) -> N
     raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
+def restart_until(done, procs: dict, path: Path, logs: Path, timeout: float, every: float = 1.0) -> int:
+    """Restart any stage process that exited (what Kubernetes does for a crashed pod) until `done()` is true or
+    `timeout` passed (an error from `done`, e.g. while the broker settles after a restart, counts as not yet);
+    how many restarts it made."""
+    restarts, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                restarts += 1
+                procs[name] = start_stage(path, name, logs)
+        try:
+            if done():
+                break
+        except Exception:  # noqa: BLE001
+            pass
+        time.sleep(every)
+    return restarts
+
+
 def stop_all(procs: dict) -> None:
     """SIGTERM every stage process still running, then wait for each (they finish their batch first)."""
     terminate(procs.values(), 60)

@@ -94,8 +94,8 @@ class FaultyProducer(Proxy):
 _init = BatchHandler.__init__
 
 
-def init(self: BatchHandler, stage: Any, topology: Any) -> None:
-    _init(self, stage, topology)
+def init(self: BatchHandler, stage: Any, topology: Any, *args: Any, **kw: Any) -> None:
+    _init(self, stage, topology, *args, **kw)
     if STEP == "decode":
         self.in_codec = Proxy(self.in_codec, decode=faulty(self.in_codec.decode))
     elif STEP == "process":

@@ -15,7 +15,7 @@ from pipeline.kafka.dlq import dead_letters
 from pipeline.kafka.offsets import stage_lag
 from pipeline.runtime.stage import Incoming, load_stage
 from stages.store import point_id
-from tests.conftest import SASL_USER, TEST_PORT, lag, run_cli, start_stage, stop_all, stored_points
+from tests.conftest import SASL_USER, TEST_PORT, lag, restart_until, run_cli, start_stage, stop_all, stored_points
 
 DOCS = 2000
 TOPICS = ["sockets and servers", "regular expressions", "JSON files", "threads and locks", "square roots", "paths"]
@@ -55,7 +55,7 @@ def test_chaos_kills_and_broker_restart_lose_nothing(topology, tmp_path: Path) -
     logs.mkdir()
     procs = {name: start_stage(path, name, logs) for name in topo.stages}
     rng = random.Random(5)
-    kills, restarts, broker_restarted = 0, 0, False
+    kills, broker_restarted = 0, False
     deadline = time.monotonic() + 480
     try:
         for step, chunk in enumerate(chunks):
@@ -71,17 +71,8 @@ def test_chaos_kills_and_broker_restart_lose_nothing(topology, tmp_path: Path) -
             if step == 1:
                 broker_restarted = _restart_broker()
             procs[victim] = start_stage(path, victim, logs)
-        while time.monotonic() < deadline:
-            for name, proc in procs.items():  # what Kubernetes would do for a crashed pod
-                if proc.poll() is not None:
-                    restarts += 1
-                    procs[name] = start_stage(path, name, logs)
-            try:
-                if lag(topo) == 0 and sum(r.committed or 0 for r in stage_lag(topo, "store")):
-                    break
-            except Exception:  # the broker may still be settling after its restart
-                pass
-            time.sleep(1)
+        restarts = restart_until(lambda: lag(topo) == 0 and sum(r.committed or 0 for r in stage_lag(topo, "store")),
+                                 procs, path, logs, deadline - time.monotonic())
         assert lag(topo) == 0, "the pipeline did not catch up within the time limit"
     finally:
         stop_all(procs)

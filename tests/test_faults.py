@@ -44,10 +44,11 @@ class Case:
     crashes: int  # worker restarts expected
     dead: frozenset[str] = frozenset()  # doc ids dead-lettered besides 'big' (output-too-large)
     missing: frozenset[str] = frozenset()  # doc ids with no output
+    exactly_once: bool = False  # the stage runs with delivery: exactly-once (a failed delivery aborts)
 
     @property
     def id(self) -> str:
-        return self.fault.replace(":", "-")
+        return self.fault.replace(":", "-") + ("-eos" if self.exactly_once else "")
 
 
 # Every step once or more, each exception type at least once.
@@ -64,6 +65,11 @@ CASES = [
     Case("flush:RuntimeError:1", crashes=1),
     Case("flush:TransientError:1", crashes=0),
     Case("ack:TransientError:1", crashes=1),  # a TransientError outside run_batch is a crash too
+    # Exactly-once: a failed delivery aborts the transaction and the batch is processed again from the last
+    # commit; a record refused at delivery is dead-lettered on that second try and never shown to readers.
+    Case("delivery:KafkaException:2", crashes=0, exactly_once=True),
+    Case("delivery:TooLarge:1:d3", crashes=0, dead=frozenset({"d3"}), missing=frozenset({"d3"}), exactly_once=True),
+    Case("process:MemoryError:1", crashes=1, exactly_once=True),
 ]
 
 
@@ -77,9 +83,11 @@ class Run:
     thread: threading.Thread | None = None
 
 
-def _topology(folder: Path, kafka: str, web_offset: int) -> tuple[Path, Topology]:
+def _topology(folder: Path, kafka: str, web_offset: int, exactly_once: bool = False) -> tuple[Path, Topology]:
     path, topo = write_topology(folder, kafka)
     raw = yaml.safe_load(path.read_text())
+    if exactly_once:
+        raw["stages"]["preprocess"]["delivery"] = "exactly-once"
     passages = raw["stages"]["preprocess"]["output"]
     raw["topics"][passages].setdefault("config", {})["max.message.bytes"] = PASSAGE_LIMIT
     raw["stages"]["preprocess"]["web_port"] += web_offset
@@ -97,10 +105,10 @@ def _produce(topo: Topology, docs: list[dict]) -> None:
     assert kafka.flush(30) == 0
 
 
-def _passages(topo: Topology) -> list[tuple[str, int]]:
+def _passages(topo: Topology, uncommitted: bool = False) -> list[tuple[str, int]]:
     topic = topo.stages["preprocess"].output
-    return [(r.value["doc_id"], r.value["passage_index"]) for r in consume(topo, topic, from_beginning=True,
-                                                                             exit_at_end=True)]
+    return [(r.value["doc_id"], r.value["passage_index"])
+            for r in consume(topo, topic, from_beginning=True, exit_at_end=True, uncommitted=uncommitted)]
 
 
 def _letters(topo: Topology, stage: str) -> dict[str, dict[str, str]]:
@@ -134,7 +142,7 @@ def fault_runs(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     runs: dict[str, Run] = {}
     for n, case in enumerate(CASES, start=1):
         folder = tmp_path_factory.mktemp(case.id)
-        path, topo = _topology(folder, kafka, 10 * n)
+        path, topo = _topology(folder, kafka, 10 * n, case.exactly_once)
         assert run_cli("-c", str(path), "topics", "apply").returncode == 0
         _produce(topo, DOCS)  # before the worker starts: the documents share its first batch
         count, logs = folder / "fired", folder / "logs"
@@ -176,6 +184,11 @@ def test_fault(case: Case, fault_runs: dict[str, Run], expected_passages: set[tu
     passages = _passages(run.topo)
     want = {(d, i) for d, i in expected_passages if d not in case.missing | {"big"}}
     assert set(passages) == want  # nothing lost, nothing extra (duplicates from a retry are allowed)
+    if case.exactly_once:  # ... except in exactly-once, where the aborted try is in the log but never read
+        assert len(passages) == len(set(passages)), "a read_committed reader saw duplicates"
+        if case.fault.startswith("delivery"):
+            assert "transaction aborted" in log
+            assert len(_passages(run.topo, uncommitted=True)) > len(passages)
     letters = _letters(run.topo, "preprocess")
     assert set(letters) == {"big", *case.dead}
     big = letters["big"]  # too large before it is sent

@@ -83,11 +83,15 @@ def consume(
     exit_at_end: bool = typer.Option(False, "--exit-at-end", "-e", help="Stop when every partition is read to its end."),
     idle_timeout: float = typer.Option(None, "--idle-timeout", help="Stop after this many seconds without a record."),
     meta: bool = typer.Option(False, "--meta", help="Wrap each value with partition, offset, key and headers."),
+    uncommitted: bool = typer.Option(
+        False, "--uncommitted",
+        help="Show the raw log: records of open and aborted transactions too (default: committed ones only)."),
 ) -> None:
     """Print a topic's records as JSON lines (decoded Avro; bytes as base64). Commits nothing."""
     topology = settings(ctx).topology()
     bad = 0
-    for record in consume_topic(topology, topic, from_beginning, max_messages, exit_at_end, idle_timeout):
+    for record in consume_topic(topology, topic, from_beginning, max_messages, exit_at_end, idle_timeout,
+                                uncommitted):
         if record.error:
             bad += 1
             console.print(f"[yellow]partition {record.partition} offset {record.offset}:[/] {escape(record.error)}")

@@ -35,16 +35,19 @@ def admin(topology: Topology) -> AdminClient:
 
 
 def producer(topology: Topology, **overrides: object) -> Producer:
+    """An idempotent producer (acks=all); `transactional.id` in overrides makes it transactional."""
     return Producer({**_base(topology), **PRODUCER_DEFAULTS, **overrides})
 
 
 def consumer(topology: Topology, group: str, **overrides: object) -> Consumer:
-    """A consumer that never commits unless asked (tools read, stages commit)."""
+    """A consumer that never commits unless asked (tools read, stages commit), and that reads only committed
+    transactions: records of an aborted or still open transaction (an exactly-once stage's) are never seen."""
     conf = {
         **_base(topology),
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
         **overrides,
     }
     return Consumer(conf)

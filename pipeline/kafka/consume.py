@@ -62,13 +62,15 @@ def consume(
     max_messages: int | None = None,
     exit_at_end: bool = False,
     idle_timeout: float | None = None,
+    uncommitted: bool = False,
 ) -> Iterator[Consumed]:
-    """Yield records of every partition of `topic` until `max_messages`, the end (if asked) or idle timeout."""
+    """Yield records of every partition of `topic` until `max_messages`, the end (if asked) or idle timeout;
+    only committed ones unless `uncommitted` (the raw log, with records of open and aborted transactions)."""
     spec = topology.topic(topic)
     codec = codec_for(topology, topic) if spec.value_schema else None
-    client = consumer(
-        topology, group=f"pipeline-consume-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
-    )
+    isolation = "read_uncommitted" if uncommitted else "read_committed"
+    client = consumer(topology, group=f"pipeline-consume-{uuid.uuid4().hex[:8]}",
+                      **{"enable.partition.eof": True, "isolation.level": isolation})
     try:
         try:
             meta = client.list_topics(topic, timeout=10)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from pipeline.config import Topology
 from pipeline.errors import PipelineError
@@ -46,6 +46,15 @@ class InputReader:
         self.owned: Partitions = frozenset()  # replaced, never mutated: other threads read it without a lock
         self.committed: dict[int, int] = {}  # partition -> the offset this worker (or the group before it) committed
         self._missing_said = 0.0
+        # The group's member id and generation, for a transaction's offsets (exactly-once). confluent-kafka blocks
+        # consumer_group_metadata() while another thread is in consume(), so this thread refreshes a copy after
+        # each fetch and in each rebalance callback (~9 us), and the delivery thread reads the copy.
+        self.group_metadata: object | None = None
+        # Per owned partition: (the offset after the last record returned, the consumer's position), as of the last
+        # fetch; replaced, never mutated. The position runs ahead of the records over what a reader never gets:
+        # transaction markers and aborted records. Committing it where all records were handled keeps lag at 0.
+        self.fetched: dict[int, tuple[int | None, int]] = {}
+        self._ends: dict[int, int] = {}
         self.consumer = consumer(topology, group, **{
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": int(topology.kafka.session_timeout_s * 1000),
@@ -61,18 +70,42 @@ class InputReader:
     def poll(self, max_records: int, timeout: float) -> list[Raw]:
         """Up to `max_records` records, waiting at most `timeout` seconds for them; [] when none came."""
         raws = []
-        for msg in self.consumer.consume(max_records, timeout):
+        messages = self.consumer.consume(max_records, timeout)
+        self.group_metadata = self.consumer.consumer_group_metadata()
+        for msg in messages:
             error = msg.error()
             if error is not None:
                 self._on_error(error)
                 continue
             raws.append(Raw(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1]))
+        for raw in raws:
+            self._ends[raw.partition] = raw.offset + 1
+        if self.owned:
+            positions = self.consumer.position([TopicPartition(self.topic, p) for p in self.owned])
+            self.fetched = {tp.partition: (self._ends.get(tp.partition), tp.offset) for tp in positions}
         return raws
+
+    def commit_point(self, partition: int, offset: int) -> int:
+        """Where to commit `partition` once every record before `offset` is handled: past the markers and aborted
+        records that follow them when no later record was returned (lag 0 behind a transactional producer)."""
+        end, position = self.fetched.get(partition, (None, -1))
+        return position if end == offset and position > offset else offset
+
+    def idle_positions(self) -> dict[int, int]:
+        """Owned partitions whose position is past their committed offset with no record returned after it
+        (only markers or aborted records): where to commit them when nothing is in flight."""
+        found = {}
+        for partition, (end, position) in self.fetched.items():
+            committed = self.committed.get(partition)
+            if partition in self.owned and committed is not None and position > max(committed, 0) and \
+                    (end is None or end <= committed):
+                found[partition] = position
+        return found
 
     def commit(self, offsets: dict[int, int], wait: bool = False) -> None:
         """Commit these next offsets of the partitions this worker still owns; `wait`: synchronously, which
         a rebalance and the shutdown need (a failure is logged: the records are processed again)."""
-        mine = [TopicPartition(self.topic, p, o) for p, o in offsets.items() if p in self.owned]
+        mine = [TopicPartition(self.topic, p, self.commit_point(p, o)) for p, o in offsets.items() if p in self.owned]
         if not mine:
             return
         try:
@@ -83,6 +116,20 @@ class InputReader:
             return
         for tp in mine:
             self.committed[tp.partition] = tp.offset
+
+    def rewind(self) -> None:
+        """Fetch every owned partition again from its committed offset (the start where none is committed),
+        dropping what was fetched after it: after an aborted transaction, its records are processed again."""
+        unknown = [TopicPartition(self.topic, p) for p in self.owned if p not in self.committed]
+        if unknown:  # not read at assignment (the broker was away): ask now, or crash and restart from them
+            for tp in self.consumer.committed(unknown, timeout=10):
+                self.committed[tp.partition] = tp.offset
+        self.fetched, self._ends = {}, {}
+        for partition in sorted(self.owned):
+            offset = self.committed.get(partition, -1)
+            self.consumer.seek(TopicPartition(self.topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
+        log.info("group %s: fetching %s again from the committed offsets %s", self.group, self.topic,
+                 {p: self.committed.get(p) for p in sorted(self.owned)})
 
     def lag(self) -> dict[int, int]:
         """Per owned partition: records after the committed offset, from the high watermark of the last fetch
@@ -100,6 +147,7 @@ class InputReader:
         self.consumer.close()
 
     def _assigned(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        self.group_metadata = self.consumer.consumer_group_metadata()
         mine = [tp for tp in partitions if tp.topic == self.topic]
         if not mine:  # a cooperative rebalance has rounds that add nothing
             return
@@ -113,6 +161,7 @@ class InputReader:
 
     def _revoked(self, consumer: object, partitions: list[TopicPartition]) -> None:
         parts = frozenset(tp.partition for tp in partitions if tp.topic == self.topic)
+        self.group_metadata = self.consumer.consumer_group_metadata()
         log.info("group %s: revoking %s", self.group, _describe(partitions))
         self.on_revoke(parts)
         self._forget(parts)
@@ -126,8 +175,10 @@ class InputReader:
 
     def _forget(self, parts: Partitions) -> None:
         self.owned = self.owned - parts
+        self.fetched = {p: v for p, v in self.fetched.items() if p not in parts}
         for partition in parts:
             self.committed.pop(partition, None)
+            self._ends.pop(partition, None)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is not None and error.code() != KafkaError._NO_OFFSET:

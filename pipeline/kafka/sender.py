@@ -77,3 +77,8 @@ class Sender:
         barrier = Barrier(unacked, self._failures)
         self._failures = []
         return barrier
+
+    def discard(self) -> None:
+        """Forget the failures reported so far (the records of an aborted transaction, purged by the abort)."""
+        self.producer.poll(0)
+        self._failures = []

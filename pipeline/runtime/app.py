@@ -18,6 +18,7 @@ from faust.app.base import BootStrategy
 from pipeline.config import Topology
 from pipeline.errors import PipelineError
 from pipeline.kafka.reader import InputReader
+from pipeline.kafka.transaction import Transactions, producer_settings
 from pipeline.paths import cache_home
 from pipeline.runtime.batch import BatchHandler, Take
 from pipeline.runtime.loop import Flight, StageLoop, describe_batch
@@ -44,7 +45,9 @@ class StageWorker:
     def __init__(self, topology: Topology, stage_name: str, replica: int = 0) -> None:
         self.stage = stage = load_stage(topology, stage_name)
         spec = stage.spec
-        self.handler = BatchHandler(stage, topology)
+        exactly_once = spec.delivery == "exactly-once"
+        self.handler = BatchHandler(stage, topology,
+                                    transactional=producer_settings(spec.group, replica) if exactly_once else None)
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{stage_name}")
         self.loaded = False
         self.shell = Shell(f"stage {stage_name}", self.handler.m.registry, self._checks, topology.kafka.bootstrap,
@@ -53,7 +56,12 @@ class StageWorker:
         self.channel = self.app.channel(maxsize=spec.batch.depth + 1)
         self.app.agent(self.channel, name=f"pipeline.{stage_name}")(self._agent)
         reader = InputReader(topology, spec.input, spec.group)
-        self.loop = StageLoop(self.handler, reader, spec.batch.depth, self._feed, crash)
+        transactions = None
+        if exactly_once:
+            transactions = Transactions(self.handler.sender.producer, lambda: reader.group_metadata,
+                                        self.handler.stopping)
+        self.loop = StageLoop(self.handler, reader, spec.batch.depth, self._feed, crash, transactions,
+                              spec.commit_interval_ms)
         self._aio: asyncio.AbstractEventLoop | None = None
 
     def _build_app(self, group: str, web_port: int) -> faust.App:

@@ -90,7 +90,8 @@ class BatchHandler:
     threads so that batches overlap: `decode` (the fetch thread), `process` (the model thread) and `deliver`
     (the delivery thread). Transient failures of a step back off and retry that step, never skip it."""
 
-    def __init__(self, stage: Stage, topology: Topology, sender: Sender | None = None) -> None:
+    def __init__(self, stage: Stage, topology: Topology, sender: Sender | None = None,
+                 transactional: dict[str, object] | None = None) -> None:
         spec = stage.spec
         self.stage = stage
         self.in_codec = codec_for(topology, spec.input)
@@ -105,7 +106,11 @@ class BatchHandler:
             # the topic's max.message.bytes: batches must fit the smallest limit (a record is never split).
             fits = min(limit.bytes for limit in (self.out_limit, self.dlq_limit) if limit) - RECORD_OVERHEAD
             batch_size = min(int(topology.kafka.client.get("batch.size", 1_000_000)), max(fits, 1))
-            sender = Sender(topology, **{"batch.size": batch_size})
+            sender = Sender(topology, **{"batch.size": batch_size, **(transactional or {})})
+        # Exactly-once: the loop runs each delivery inside its transaction; a late refusal aborts it instead of
+        # being dead-lettered in place, and the batch's next try dead-letters that input (see `_send`).
+        self.transactional = transactional is not None
+        self.refused: dict[tuple[str, int, int], Dead] = {}  # (topic, partition, offset) -> its dead letter
         # Where outputs and dead letters go: Kafka, or a stand-in with the same send/flush (pipeline.testing).
         self.sender = sender
         self.stopping = threading.Event()
@@ -158,6 +163,20 @@ class BatchHandler:
         """Encode the results, produce them and the dead letters, and wait until the broker acknowledged all."""
         self._retry("deliver", self._deliver, take)
 
+    def deliver_once(self, take: Take) -> None:
+        """`deliver` without retries: inside a transaction, a failure aborts it and the batch is processed again."""
+        self._deliver(take)
+
+    def stuck(self, step: str, stuck: bool) -> None:
+        """Show (or clear) that `step` is retrying a transient failure (the pipeline_stuck gauge)."""
+        if stuck:
+            self._stuck.add(step)
+            self.m.stuck.set(1)
+            self.m.retries.inc()
+        else:
+            self._stuck.discard(step)
+            self.m.stuck.set(1 if self._stuck else 0)
+
     def _retry(self, step: str, run: Callable[[Any], None], work: Any) -> None:
         backoff = 0.5
         while True:
@@ -171,14 +190,10 @@ class BatchHandler:
                     size = sum(len(t.incoming) for t in work) if isinstance(work, list) else len(work.incoming)
                     self.chunk = max(1, (self.chunk or size) // 2)
                 log.warning("stage %s: transient failure, retrying in %.1fs: %s", self.stage.name, backoff, exc)
-                self._stuck.add(step)
-                self.m.stuck.set(1)
-                self.m.retries.inc()
+                self.stuck(step, True)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
-        self._stuck.discard(step)
-        if not self._stuck:
-            self.m.stuck.set(0)
+        self.stuck(step, False)
 
     def _process(self, takes: list[Take]) -> None:
         started = time.perf_counter()
@@ -196,6 +211,10 @@ class BatchHandler:
         outputs: list[Output] = []
         encode = self.out_codec.encode if self.out_codec is not None else None
         for raw, result in zip(take.sources, take.results or []):
+            refused = self.refused.pop((raw.topic, raw.partition, raw.offset), None) if self.refused else None
+            if refused is not None:  # refused by the broker in an aborted transaction: dead-lettered this time
+                dead.append(refused)
+                continue
             if isinstance(result, Reject):
                 dead.append(Dead(raw, result.reason, "Reject", result.message))
                 continue
@@ -271,6 +290,10 @@ class BatchHandler:
                 late.setdefault(out.source, self._oversized(out, f"was refused at delivery ({failure.error.str()})"))
         _check(barrier, [f for f in barrier.failures
                          if not (isinstance(f.tag, Output) and is_size_error(f.error))])
+        if late and self.transactional:  # a failed record makes the transaction abortable: try again without it
+            self.refused.update({(raw.topic, raw.partition, raw.offset): d for raw, d in late.items()})
+            raise TransientError(f"{len(late)} output(s) refused by the broker as too large; the transaction is "
+                                 "aborted and its batches processed again with those inputs dead-lettered")
         if late:
             self._dead_letters(list(late.values()))
             _check(self.sender.flush(30), None)

@@ -41,6 +41,11 @@ class StageMetrics:
                           "worker owns, from its consumer's own watermarks", ["stage", "partition"],
                           registry=self.registry)
         self._lagging: set[int] = set()  # partitions with a lag series
+        self._transactions = Counter("pipeline_transactions", "Kafka transactions ended (exactly-once stages), "
+                                     "by outcome: committed or aborted", ["stage", "outcome"], registry=self.registry)
+
+    def transactions(self, outcome: str) -> Counter:
+        return self._transactions.labels(stage=self.stage, outcome=outcome)
 
     def dead_lettered(self, reason: str) -> Counter:
         return self._dead.labels(stage=self.stage, reason=reason)
