@@ -94,6 +94,9 @@ class FakeHandler(LoopHandler):
     def stuck(self, step: str, stuck: bool) -> None:
         pass
 
+    def settle(self) -> str | None:
+        return None
+
 
 def make_loop(interval_ms: int, crashed: list | None = None) -> tuple[StageLoop, FakeTransactions]:
     txn = FakeTransactions()
@@ -197,3 +200,23 @@ def test_a_fenced_producer_crashes_the_worker() -> None:
     send(loop, (0, 1))
     loop._deliverer.join(5)
     assert len(crashed) == 1 and isinstance(crashed[0], Fenced)
+
+
+def test_lost_partitions_make_a_batch_still_in_the_model_stale(stopper) -> None:
+    loop, txn = make_loop(interval_ms=60_000)
+    stopper(loop)
+    in_model = Flight(take((0, 4)), loop.generation)  # fetched before the loss, not yet delivered
+    loop.slots.acquire()
+    loop._on_lost(frozenset({0}))
+    loop.deliveries.put(in_model)  # the model finishes it after the loss
+    settle(loop, in_model)
+    assert in_model.abandoned and loop.handler.delivered == [] and txn.commits == [] and loop.rewind_needed
+
+
+def test_records_not_acknowledged_at_the_commit_abort_it(stopper) -> None:
+    loop, txn = make_loop(interval_ms=60_000)
+    stopper(loop)
+    loop.handler.settle = lambda: "1 record(s) unacknowledged, 0 failed: "
+    a = send(loop, (0, 1))
+    assert not loop._request(commit=True, timeout=5)
+    assert a.abandoned and txn.commits == [] and txn.calls[-1] == "abort" and loop.rewind_needed

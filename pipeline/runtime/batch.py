@@ -107,8 +107,8 @@ class BatchHandler:
             fits = min(limit.bytes for limit in (self.out_limit, self.dlq_limit) if limit) - RECORD_OVERHEAD
             batch_size = min(int(topology.kafka.client.get("batch.size", 1_000_000)), max(fits, 1))
             sender = Sender(topology, **{"batch.size": batch_size, **(transactional or {})})
-        # Exactly-once: the loop runs each delivery inside its transaction; a late refusal aborts it instead of
-        # being dead-lettered in place, and the batch's next try dead-letters that input (see `_send`).
+        # Exactly-once: the loop runs each delivery inside its transaction, flushed once before the commit; a
+        # late refusal aborts it instead of being dead-lettered in place, and the next try dead-letters that input.
         self.transactional = transactional is not None
         self.refused: dict[tuple[str, int, int], Dead] = {}  # (topic, partition, offset) -> its dead letter
         # Where outputs and dead letters go: Kafka, or a stand-in with the same send/flush (pipeline.testing).
@@ -164,7 +164,8 @@ class BatchHandler:
         self._retry("deliver", self._deliver, take)
 
     def deliver_once(self, take: Take) -> None:
-        """`deliver` without retries: inside a transaction, a failure aborts it and the batch is processed again."""
+        """Encode and produce into the open transaction, without waiting for acknowledgements (`settle` does,
+        once per transaction) and without retries: a failure aborts it and the batch is processed again."""
         self._deliver(take)
 
     def stuck(self, step: str, stuck: bool) -> None:
@@ -282,22 +283,37 @@ class BatchHandler:
                 refused[out.source] = self._oversized(out, f"was refused by the producer ({exc.args[0].str()})")
         dead = dead + list(refused.values())
         self._dead_letters(dead)
+        if self.transactional:  # acknowledged all at once when the transaction commits (`settle`)
+            return dead
         barrier = self.sender.flush(30)
-        late: dict[Raw, Dead] = {}
-        for failure in barrier.failures:
-            out = failure.tag
-            if isinstance(out, Output) and is_size_error(failure.error) and out.source not in refused:
-                late.setdefault(out.source, self._oversized(out, f"was refused at delivery ({failure.error.str()})"))
+        late = self._refused_late(barrier, set(refused))
         _check(barrier, [f for f in barrier.failures
                          if not (isinstance(f.tag, Output) and is_size_error(f.error))])
-        if late and self.transactional:  # a failed record makes the transaction abortable: try again without it
-            self.refused.update({(raw.topic, raw.partition, raw.offset): d for raw, d in late.items()})
-            raise TransientError(f"{len(late)} output(s) refused by the broker as too large; the transaction is "
-                                 "aborted and its batches processed again with those inputs dead-lettered")
         if late:
             self._dead_letters(list(late.values()))
             _check(self.sender.flush(30), None)
         return dead + list(late.values())
+
+    def _refused_late(self, barrier: Barrier, known: set[Raw]) -> dict[Raw, Dead]:
+        """The dead letters of inputs whose output the broker refused as too large at delivery."""
+        late: dict[Raw, Dead] = {}
+        for failure in barrier.failures:
+            out = failure.tag
+            if isinstance(out, Output) and is_size_error(failure.error) and out.source not in known:
+                late.setdefault(out.source, self._oversized(out, f"was refused at delivery ({failure.error.str()})"))
+        return late
+
+    def settle(self) -> str | None:
+        """Exactly-once, before a commit: wait for the open transaction's records; None when the broker
+        acknowledged all, else why not (a failed record makes the transaction abortable). Inputs whose output was
+        refused as too large are remembered: the batch's next try dead-letters them."""
+        barrier = self.sender.flush(30)
+        if barrier.ok:
+            return None
+        late = self._refused_late(barrier, set())
+        self.refused.update({(raw.topic, raw.partition, raw.offset): d for raw, d in late.items()})
+        errors = "; ".join(str(f) for f in barrier.failures[:3])
+        return f"{barrier.unacked} record(s) unacknowledged, {len(barrier.failures)} failed: {errors}"
 
     def _dead_letters(self, dead: list[Dead]) -> None:
         spec = self.stage.spec

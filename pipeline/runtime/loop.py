@@ -241,10 +241,10 @@ class StageLoop:
     def _end_transaction(self, held: list[Flight], commit: bool, idle: dict[int, int] | None = None) -> bool:
         """Commit the open transaction with its flights' offsets and the `idle` ones (or abort it); True when
         nothing was lost."""
-        if not self.txn.open and not (commit and idle):
-            return True
-        if not commit:
+        if not commit:  # even with no transaction open: a batch in the model may hold records of those partitions
             self._abort(held, None, "its partitions were lost")
+            return True
+        if not self.txn.open and not idle:
             return True
         offsets: dict[int, int] = {}
         for flight in held:
@@ -253,6 +253,10 @@ class StageLoop:
         for partition, offset in (idle or {}).items():
             offsets[partition] = max(offsets.get(partition, offset), offset)
         self.txn.begin()
+        problem = self.handler.settle()
+        if problem is not None:
+            self._abort(held, None, problem)
+            return False
         topic = self.reader.topic
         try:
             self.txn.commit([TopicPartition(topic, p, o) for p, o in sorted(offsets.items())])
@@ -281,8 +285,11 @@ class StageLoop:
             self.changed.notify_all()
         if failed is not None:
             self._abandon(failed)
-        log.warning("stage %s: transaction aborted (%s); %s processed again from the last commit",
-                    self.handler.stage.name, reason, describe_batch([f.take for f in [*held, failed] if f]))
+        what = "transaction aborted" if self.txn.open else "no transaction open"
+        log.warning("stage %s: %s (%s); %s processed again from the last commit", self.handler.stage.name, what,
+                    reason, describe_batch([f.take for f in [*held, failed] if f]))
+        if not self.txn.open:
+            return
         self.txn.abort()
         self.handler.sender.discard()
         self.handler.m.transactions("aborted").inc()
