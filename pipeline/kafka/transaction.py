@@ -81,17 +81,15 @@ class Transactions:
     def abort(self) -> bool:
         """Abort the open transaction: its records are never shown to read_committed readers. Retried while
         the broker is away; False if the worker stopped first (its restart's init aborts it instead)."""
-        while True:
-            try:
-                self._call("abort", lambda: self.producer.abort_transaction(CALL_TIMEOUT_S), retry_all=True)
-                self.open = False
-                return True
-            except Abortable:  # not expected of an abort; keep trying all the same
-                continue
-            except Stopped:
-                return False
+        try:
+            self._call("abort", lambda: self.producer.abort_transaction(CALL_TIMEOUT_S), retry_all=True)
+        except Stopped:
+            return False
+        self.open = False
+        return True
 
     def _call(self, what: str, call: Callable[[], T], retry_all: bool = False) -> T:
+        """`call`, retried with backoff on a retriable error (`retry_all`: on any error but a fatal one)."""
         backoff = 0.5
         while True:
             try:
@@ -101,9 +99,7 @@ class Transactions:
                 if error.fatal():
                     raise Fenced(f"the transactional producer was fenced or failed for good ({what}: "
                                  f"{error.str()}); restarting the worker") from None
-                if error.txn_requires_abort():
-                    raise Abortable(f"{what}: {error.str()}") from None
-                if not (error.retriable() or retry_all):
+                if not retry_all and (error.txn_requires_abort() or not error.retriable()):
                     raise Abortable(f"{what}: {error.str()}") from None
                 log.warning("transaction %s failed (%s); retrying in %.1f s", what, error.str(), backoff)
             if self.stopping.wait(backoff):

@@ -308,12 +308,9 @@ class BatchHandler:
         acknowledged all, else why not (a failed record makes the transaction abortable). Inputs whose output was
         refused as too large are remembered: the batch's next try dead-letters them."""
         barrier = self.sender.flush(30)
-        if barrier.ok:
-            return None
         late = self._refused_late(barrier, set())
         self.refused.update({(raw.topic, raw.partition, raw.offset): d for raw, d in late.items()})
-        errors = "; ".join(str(f) for f in barrier.failures[:3])
-        return f"{barrier.unacked} record(s) unacknowledged, {len(barrier.failures)} failed: {errors}"
+        return _unacknowledged(barrier)
 
     def _dead_letters(self, dead: list[Dead]) -> None:
         spec = self.stage.spec
@@ -334,10 +331,18 @@ class BatchHandler:
 
 def _check(barrier: Barrier, failures: list | None) -> None:
     """TransientError unless every record was acknowledged (`failures`: the ones that count, default all)."""
+    problem = _unacknowledged(barrier, failures)
+    if problem is not None:
+        raise TransientError(problem)
+
+
+def _unacknowledged(barrier: Barrier, failures: list | None = None) -> str | None:
+    """What was not acknowledged (`failures`: the ones that count, default all), or None when nothing."""
     failures = barrier.failures if failures is None else failures
-    if barrier.unacked or failures:
-        errors = "; ".join(str(f) for f in failures[:3])
-        raise TransientError(f"{barrier.unacked} record(s) unacknowledged, {len(failures)} failed: {errors}")
+    if not (barrier.unacked or failures):
+        return None
+    errors = "; ".join(str(f) for f in failures[:3])
+    return f"{barrier.unacked} record(s) unacknowledged, {len(failures)} failed: {errors}"
 
 
 def ingest_time_ms(item: Incoming) -> int:
