@@ -1,4 +1,5 @@
-"""`pipeline k8s`: render the manifests that must agree with topics.yaml, and validate k8s/ offline."""
+"""`pipeline k8s`: render the manifests that follow topics.yaml, validate k8s/ offline, build the image and play
+the manifests on one machine with podman."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from pipeline.deploy import image as k8s_image
+from pipeline.deploy import play as k8s_play
 from pipeline.deploy import render as k8s
 from pipeline.deploy import validate as k8s_validate
+from pipeline.kafka import admin
 from pipeline.commands.context import console, settings
 from pipeline.config import DEFAULT_CONFIG
 
-app = typer.Typer(help="Kubernetes: render the manifests that follow topics.yaml; validate k8s/ offline.",
+app = typer.Typer(help="Kubernetes: render the manifests that follow topics.yaml; validate k8s/ offline; build the "
+                       "image and play the manifests on this machine with podman.",
                   no_args_is_help=True)
 
 
@@ -76,3 +83,94 @@ def validate(
         console.print(f"{len(problems)} problem(s): {summary}")
         raise typer.Exit(1)
     console.print(f"[green]valid:[/] {summary} (Kubernetes {k8s_version})")
+
+
+@app.command()
+def image(
+    ctx: typer.Context,
+    variant: str = typer.Option("cpu", help="cpu or cuda (the CUDA torch, for the embed stage on a GPU)."),
+    tag: str = typer.Option(None, help=f"Image name (default: {k8s_image.IMAGE}:VARIANT, what k8s/overlays/local "
+                                       "plays)."),
+    torch_index: str = typer.Option(None, help="PyPI-style index for torch (default: the Dockerfile's, or the host "
+                                               "pip's index when download.pytorch.org is unreachable)."),
+    force: bool = typer.Option(False, "--force", help="Build even when the image was built from the same files."),
+) -> None:
+    """Build the Dockerfile with podman. The base image is pulled, or when no registry answers, built from the
+    Debian archive apt uses here (debootstrap); the host pip's index and CA settings go to the build's pip.
+    An image built from the same files and arguments is kept (its label says so); after a code change only the
+    project's layers are built again."""
+    root = _topology_path(ctx).resolve().parent
+    with console.status(f"building {tag or f'{k8s_image.IMAGE}:{variant}'} ...") as status:
+        built = k8s_image.build(root, variant, tag, torch_index, say=lambda text: console.print(escape(text)),
+                                step=lambda line: status.update(escape(line[:110])), force=force)
+    console.print(f"[green]{'up to date' if built.cached else 'built'}:[/] {built.tag} in {built.seconds:.0f} s "
+                  f"({built.size / 1e9:.2f} GB; base image {built.base})", highlight=False)
+
+
+@app.command()
+def play(
+    ctx: typer.Context,
+    overlay: Path = typer.Option(None, help="Kustomize overlay for one machine (default: k8s/overlays/local next to "
+                                            "topics.yaml)."),
+    wait: bool = typer.Option(True, help="Wait until every pod's /ready answers 200."),
+    timeout: float = typer.Option(300, help="Seconds to wait for readiness."),
+) -> None:
+    """Run the rendered manifests with `podman kube play`: the overlay's generated/ rendered again from
+    topics.yaml, topics created, then every Deployment as on a cluster (uid 10001, read-only root, emptyDir home
+    and tmp, the topology ConfigMap, the store's claim), on the host's network. The broker is the overlay's
+    (127.0.0.1:9092, `pipeline dev up`) unless --bootstrap or KAFKA_BOOTSTRAP names another; the gateway runs
+    while its NATS (the overlay's 127.0.0.1:4222, or NATS_URL) answers. Objects podman
+    cannot run (KEDA, Strimzi, Services) are listed with what stands in for them."""
+    the_settings = settings(ctx)
+    the_plan = k8s_play.rendered_plan(_topology_path(ctx), the_settings.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"),
+                                      overlay, os.environ.get("NATS_URL"))
+    if not k8s_image.image_exists(_images(the_plan)[0]):
+        console.print(f"[red]image {_images(the_plan)[0]} not found:[/] build it with `pipeline k8s image`")
+        raise typer.Exit(1)
+    topology = the_plan.topology
+    assert topology is not None
+    client = admin.admin_client(topology)
+    created = admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+    console.print(f"topics: {len(created)} created, {len(topology.topics)} declared ({topology.kafka.bootstrap})")
+    table = Table("kind", "name", "not played: what stands in here", title="left out")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for kind, name, why in the_plan.left_out:
+        groups.setdefault((kind, why), []).append(name)
+    for (kind, why), names in groups.items():
+        table.add_row(kind, ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else ""), why)
+    if the_plan.left_out:
+        console.print(table)
+    path = k8s_play.play(the_plan)
+    console.print(f"played {len(the_plan.docs)} object(s) from {path}: "
+                  + ", ".join(w.container for w in the_plan.workloads), highlight=False)
+    if not wait:
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("pods ready", total=len(the_plan.workloads))
+        k8s_play.wait_ready(the_plan.workloads, timeout, lambda waiting: progress.update(
+            task, completed=len(the_plan.workloads) - len(waiting),
+            description=f"pods ready (waiting: {', '.join(w.deployment for w in waiting)})" if waiting else "ready"))
+    console.print(f"[green]ready:[/] {len(the_plan.workloads)} pod(s); `podman ps`, `podman logs NAME`, "
+                  "`pipeline status`; `pipeline k8s down` stops them", highlight=False)
+
+
+def _images(the_plan: k8s_play.PlayPlan) -> list[str]:
+    return sorted({c["image"] for d in the_plan.docs if d["kind"] == "Deployment"
+                   for c in d["spec"]["template"]["spec"]["containers"]})
+
+
+@app.command()
+def down(
+    volumes: bool = typer.Option(False, "--volumes", help="Also remove the claims' volumes (the store's data)."),
+) -> None:
+    """Stop what `pipeline k8s play` started as a cluster does (SIGTERM, then SIGKILL after the pod's grace
+    period), show each container's exit code, and remove the pods. Exit 1 if any stage did not exit 0."""
+    stopped = k8s_play.down(keep_volumes=not volumes)
+    table = Table("container", "exit code", "stopped in", "grace", title="stopped")
+    for s in stopped:
+        table.add_row(s.container, str(s.exit_code), f"{s.seconds:.1f} s", f"{s.grace} s",
+                      style="" if s.exit_code == 0 else "red")
+    console.print(table)
+    if any(s.exit_code != 0 for s in stopped):
+        raise typer.Exit(1)
