@@ -3,6 +3,8 @@
 #   bash bench/gpu.sh                        # CUDA: ceiling sweep in fp16, embed stage alone, whole pipeline
 #   bash bench/gpu.sh --device cpu --quick   # the same steps on a CPU, small (tests/test_bench.py runs it)
 # Writes OUT/gpu.json, OUT/gpu.png and OUT/gpu.md (a section for bench/RESULTS.md). Under 8 minutes.
+# The CUDA image (`pipeline k8s image --variant cuda`) and running the embed stage from it with podman on a GPU:
+# bench/GPU.md, "The CUDA image".
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

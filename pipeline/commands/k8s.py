@@ -103,8 +103,10 @@ def image(
     with console.status(f"building {tag or f'{k8s_image.IMAGE}:{variant}'} ...") as status:
         built = k8s_image.build(root, variant, tag, torch_index, say=lambda text: console.print(escape(text)),
                                 step=lambda line: status.update(escape(line[:110])), force=force)
-    console.print(f"[green]{'up to date' if built.cached else 'built'}:[/] {built.tag} in {built.seconds:.0f} s "
-                  f"({built.size / 1e9:.2f} GB; base image {built.base})", highlight=False)
+    how = "built from the same files before" if built.up_to_date else \
+        f"{built.from_cache} of {built.steps} steps from the layer cache"
+    console.print(f"[green]{'up to date' if built.up_to_date else 'built'}:[/] {built.tag} in {built.seconds:.0f} s "
+                  f"({how}; {built.size / 1e9:.2f} GB; base image {built.base})", highlight=False)
 
 
 @app.command()
@@ -124,8 +126,9 @@ def play(
     the_settings = settings(ctx)
     the_plan = k8s_play.rendered_plan(_topology_path(ctx), the_settings.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"),
                                       overlay, os.environ.get("NATS_URL"))
-    if not k8s_image.image_exists(_images(the_plan)[0]):
-        console.print(f"[red]image {_images(the_plan)[0]} not found:[/] build it with `pipeline k8s image`")
+    missing = [name for name in _images(the_plan) if not k8s_image.image_exists(name)]
+    if missing:
+        console.print(f"[red]image {', '.join(missing)} not found:[/] build it with `pipeline k8s image`")
         raise typer.Exit(1)
     topology = the_plan.topology
     assert topology is not None

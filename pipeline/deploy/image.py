@@ -210,7 +210,9 @@ class Built:
     seconds: float
     size: int
     base: str
-    cached: bool  # nothing rebuilt: the image was up to date, or every step came from the layer cache
+    up_to_date: bool  # built before from the same files and arguments: not built again
+    steps: int = 0  # build steps after FROM
+    from_cache: int = 0  # of those, how many the layer cache answered
 
 
 def build(root: Path, variant: str = "cpu", tag: str | None = None, torch_index: str | None = None,
@@ -228,7 +230,7 @@ def build(root: Path, variant: str = "cpu", tag: str | None = None, torch_index:
     plan = plan_build(variant, torch_index, tag)
     digest = context_digest(root, plan.args)
     if not force and image_exists(tag) and image_label(tag, CONTEXT_LABEL) == digest:
-        return Built(tag, time.monotonic() - started, image_size(tag), how, True)
+        return Built(tag, time.monotonic() - started, image_size(tag), how, up_to_date=True)
     for note in plan.notes:
         say(note)
     with tempfile.TemporaryDirectory(prefix="pipeline-build-") as tmp:
@@ -239,7 +241,7 @@ def build(root: Path, variant: str = "cpu", tag: str | None = None, torch_index:
             args += ["-v", f"{conf}:/etc/pip.conf:ro"]
         log = log or cache_home() / "k8s-image" / f"build-{variant}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        layers, cached = 0, 0  # steps that make a layer (RUN, COPY), and those the cache gave
+        steps, cached = 0, 0
         with log.open("w") as sink:
             proc = subprocess.Popen([engine(), "build", *args, "-f", str(dockerfile), str(root)],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -247,7 +249,7 @@ def build(root: Path, variant: str = "cpu", tag: str | None = None, torch_index:
             for line in proc.stdout:
                 sink.write(line)
                 if line.startswith("STEP "):
-                    layers += bool(re.match(r"STEP \d+/\d+: (RUN|COPY|ADD) ", line))
+                    steps += not re.match(r"STEP \d+/\d+: FROM ", line)
                     step(line.strip())
                 elif line.startswith("--> Using cache"):
                     cached += 1
@@ -255,4 +257,4 @@ def build(root: Path, variant: str = "cpu", tag: str | None = None, torch_index:
         if code != 0:
             raise PipelineError(f"podman build failed (exit {code}; the whole log: {log}); its last lines:\n"
                                 + "".join(log.read_text().splitlines(keepends=True)[-25:]))
-    return Built(tag, time.monotonic() - started, image_size(tag), how, layers > 0 and cached >= layers)
+    return Built(tag, time.monotonic() - started, image_size(tag), how, False, steps, cached)
