@@ -222,8 +222,7 @@ def _http_route(path: Path, topology: Any, texts: list[str], clients: int, workd
     """The same load through the embed stage's per-request /embed route (a Faust worker, so it needs Kafka)."""
     from pipeline.kafka import admin
 
-    client = admin.admin_client(topology)
-    admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+    admin.create_missing(topology)
     log = workdir / "embed.log"
     procs.append(spawn(worker_command("embed", 0, path, None, "--loglevel", "warn"), log))
     port = topology.stage("embed").web_port

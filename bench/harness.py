@@ -68,8 +68,7 @@ class Bench:
             if delivery:
                 stage["delivery"] = delivery
         path, topology = sandbox.write(raw, folder, ROOT / "schemas")
-        client = admin.admin_client(topology)
-        admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+        admin.create_missing(topology)
         return path, topology
 
     def fill(self, topology: Topology, topic: str, records: list[dict[str, Any]]) -> None:

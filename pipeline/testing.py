@@ -210,8 +210,7 @@ def start_stage_process(config: str | Path, stage: str, bootstrap: str | None, l
     if apply_topics:
         from pipeline.kafka import admin
 
-        client = admin.admin_client(topology)
-        admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+        admin.create_missing(topology)
     log = log_dir / f"{stage}.log"
     proc = spawn(worker_command(stage, 0, config, bootstrap, "--loglevel", "warn", *args), log, new_session=False)
     started = StageProcess(stage, proc, log, topology)

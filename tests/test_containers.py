@@ -33,7 +33,7 @@ STAGES = ("preprocess", "embed", "classify", "store")
 
 
 def _podman(*args: str) -> str:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=True).stdout.strip()
+    return k8s_image.podman(*args).stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def _plan(tmp_path: Path, bootstrap: str | None = "127.0.0.1:19092", kept: froze
 
 @needs_kustomize
 def test_play_plan_runs_every_stage_as_in_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(k8s_play, "reachable", lambda address, timeout=1.0: False)  # no NATS: no gateway
+    monkeypatch.setattr(k8s_play, "tcp_reachable", lambda address, **_: False)  # no NATS: no gateway
     plan = _plan(tmp_path)
     deployments = {d["metadata"]["name"]: d for d in plan.docs if d["kind"] == "Deployment"}
     assert sorted(deployments) == [f"pipeline-{s}" for s in ("classify", "embed", "preprocess", "store")]
@@ -60,7 +60,7 @@ def test_play_plan_runs_every_stage_as_in_the_cluster(tmp_path: Path, monkeypatc
 @needs_kustomize
 def test_play_plan_keeps_a_volume_and_plays_the_gateway_with_nats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     asked = []
-    monkeypatch.setattr(k8s_play, "reachable", lambda address, timeout=1.0: asked.append(address) or True)
+    monkeypatch.setattr(k8s_play, "tcp_reachable", lambda address, **_: asked.append(address) or True)
     plan = _plan(tmp_path, bootstrap=None, kept=frozenset({"pipeline-store-data"}), nats="nats://127.0.0.1:14222")
     assert asked == ["nats://127.0.0.1:14222"]
     kinds = [(d["kind"], d["metadata"]["name"]) for d in plan.docs]
@@ -115,7 +115,7 @@ def test_cli_misuse_says_what_to_do(tmp_path: Path):
 
 @needs_kustomize
 def test_host_network_pods_lose_their_port_list_not_their_probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(k8s_play, "reachable", lambda address, timeout=1.0: False)
+    monkeypatch.setattr(k8s_play, "tcp_reachable", lambda address, **_: False)
     plan = _plan(tmp_path)
     for doc in plan.docs:
         if doc["kind"] == "Deployment":
@@ -128,7 +128,7 @@ def test_host_network_pods_lose_their_port_list_not_their_probes(tmp_path: Path,
 
 @needs_kustomize
 def test_each_pod_has_its_own_empty_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(k8s_play, "reachable", lambda address, timeout=1.0: False)
+    monkeypatch.setattr(k8s_play, "tcp_reachable", lambda address, **_: False)
     names = []
     for doc in _plan(tmp_path).docs:
         if doc["kind"] == "Deployment":

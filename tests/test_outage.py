@@ -86,6 +86,7 @@ def test_state_changes_are_logged_once_and_errors_summarised(watch: BrokerWatch,
 
 def test_bootstrap_addresses_are_parsed() -> None:
     assert outage._addresses("a:1, b:2,c,[::1]:3") == [("a", 1), ("b", 2), ("c", 9092), ("::1", 3)]
+    assert outage._addresses("nats://a:4223,nats://b", 4222) == [("a", 4223), ("b", 4222)]
 
 
 def test_pending_task_errors_are_dropped_only_when_stopping(watch: BrokerWatch) -> None:

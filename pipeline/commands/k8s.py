@@ -132,8 +132,7 @@ def play(
         raise typer.Exit(1)
     topology = the_plan.topology
     assert topology is not None
-    client = admin.admin_client(topology)
-    created = admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+    created = admin.create_missing(topology)
     console.print(f"topics: {len(created)} created, {len(topology.topics)} declared ({topology.kafka.bootstrap})")
     table = Table("kind", "name", "not played: what stands in here", title="left out")
     groups: dict[tuple[str, str], list[str]] = {}

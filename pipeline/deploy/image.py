@@ -220,14 +220,11 @@ def build(root: Path, variant: str = "cpu", tag: str | None = None, torch_index:
           log: Path | None = None, force: bool = False) -> Built:
     """Build the Dockerfile at `root` into IMAGE:VARIANT (or `tag`); `step` hears each build step as it starts.
     An image built from the same files and arguments (its CONTEXT_LABEL) is kept as it is, unless `force`."""
-    if variant not in VARIANTS:
-        raise PipelineError(f"--variant must be one of {', '.join(VARIANTS)}, not '{variant}'")
     tag = tag or f"{IMAGE}:{variant}"
+    plan = plan_build(variant, torch_index, tag)  # first: it refuses a bad variant before any base is built
     dockerfile = root / "Dockerfile"
-    base = base_image(dockerfile)
     started = time.monotonic()
-    how = ensure_base(base, say)
-    plan = plan_build(variant, torch_index, tag)
+    how = ensure_base(base_image(dockerfile), say)
     digest = context_digest(root, plan.args)
     if not force and image_exists(tag) and image_label(tag, CONTEXT_LABEL) == digest:
         return Built(tag, time.monotonic() - started, image_size(tag), how, up_to_date=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pipeline.deploy.image import podman
 from pipeline.deploy.validate import kustomize_command
 from pipeline.errors import PipelineError
 from pipeline.paths import cache_home
+from pipeline.runtime.outage import tcp_reachable
 
 OVERLAY = Path("k8s") / "overlays" / "local"  # next to topics.yaml
 CLUSTER_FILE = "cluster.topics.yaml"
@@ -81,16 +81,6 @@ def build_overlay(topology_path: Path, overlay: Path, workdir: Path) -> tuple[li
     return [d for d in yaml.safe_load_all(result.stdout) if d], copy_dir / "generated" / k8s.TOPOLOGY_FILE
 
 
-def reachable(address: str, timeout: float = 1.0) -> bool:
-    """Whether host:port (or a nats://host:port URL) accepts a TCP connection."""
-    host, _, port = address.split("://")[-1].split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def plan(docs: list[dict[str, Any]], topology_path: Path, bootstrap: str | None,
          volume_exists: Callable[[str], bool], nats_url: str | None = None) -> PlayPlan:
     """What podman plays of `docs`: the playable kinds (a claim whose volume is left from an earlier play is kept,
@@ -112,7 +102,7 @@ def plan(docs: list[dict[str, Any]], topology_path: Path, bootstrap: str | None,
             doc = copy.deepcopy(doc)
             pod = doc["spec"]["template"]["spec"]
             first = pod["containers"][0]
-            if first.get("args", [""])[0] == "serve" and not (nats and reachable(nats)):
+            if first.get("args", [""])[0] == "serve" and not (nats and tcp_reachable(nats, default_port=4222)):
                 left_out.append((kind, name, f"the gateway needs NATS at {nats}: `pipeline dev up --with nats`"))
                 continue
             port = next((p["containerPort"] for p in first.get("ports", []) if p.get("name") == "http"), None)

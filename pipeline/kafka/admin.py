@@ -181,3 +181,9 @@ def apply(admin: AdminClient, actions: list[Action], fix: bool, timeout: float =
         done += alters
     return done
 
+
+
+def create_missing(topology: Topology) -> list[Action]:
+    """Create the topology's topics that the cluster lacks (`pipeline topics apply` without --fix); what it did."""
+    client = admin_client(topology)
+    return apply(client, plan(topology, cluster_topics(client, list(topology.topics))), fix=False)

@@ -47,21 +47,22 @@ def shutdown_timeout() -> float:
     return value
 
 
-def _addresses(bootstrap: str) -> list[tuple[str, int]]:
-    """HOST:PORT,... as (host, port) pairs; a missing port is Kafka's 9092."""
+def _addresses(bootstrap: str, default_port: int = 9092) -> list[tuple[str, int]]:
+    """HOST:PORT,... (or SCHEME://HOST:PORT,... such as NATS URLs) as (host, port) pairs; a missing port is
+    `default_port` (Kafka's 9092)."""
     found = []
     for item in bootstrap.split(","):
-        host, sep, port = item.strip().rpartition(":")
+        host, sep, port = item.strip().split("://")[-1].rpartition(":")
         if not sep:
-            host, port = port, "9092"
+            host, port = port, str(default_port)
         if port.isdigit():
             found.append((host.strip("[]") or "127.0.0.1", int(port)))
     return found
 
 
-def tcp_reachable(bootstrap: str, timeout: float = 1.0) -> bool:
+def tcp_reachable(bootstrap: str, timeout: float = 1.0, default_port: int = 9092) -> bool:
     """True when some bootstrap address accepts a TCP connection (cheap, and silent unlike a Kafka client)."""
-    for host, port in _addresses(bootstrap):
+    for host, port in _addresses(bootstrap, default_port):
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 return True

@@ -78,8 +78,7 @@ def demo(
             state = DevBroker.default().up()
         s.use_bootstrap(state["bootstrap"])
     topology = s.topology()
-    client = admin.admin_client(topology)
-    admin.apply(client, admin.plan(topology, admin.cluster_topics(client, list(topology.topics))), fix=False)
+    admin.create_missing(topology)
     log_dir = topology.resolve_path("var/logs")
     commands = {name: worker_command(name, 0, s.config, s.bootstrap) for name in topology.stages}
     supervisor = Supervisor(commands, log_dir=log_dir)
